@@ -1,0 +1,276 @@
+"""LearnerRank: one DeepSpeed engine rank as a Ray actor; LearnerGroup drives W of them.
+
+Ranks talk over torch.distributed (gloo on CPU, nccl on GPU); DeepSpeed averages gradients, so
+each rank trains on its shard of the batch. Rank 0 publishes weights (HF names → numpy)."""
+from __future__ import annotations
+
+import math
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rlreg import device
+from rlreg.errors import ConfigError
+
+
+@dataclass
+class LearnerConfig:
+    world_size: int = 1
+    zero_stage: int = 1
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    warmup_fraction: float = 0.05
+    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
+    grad_clip: float = 1.0
+    bf16: bool = False
+    betas: list[float] | None = None
+
+    def validate(self) -> None:
+        if self.world_size < 1:
+            raise ConfigError(f"learner.world_size must be >= 1, got {self.world_size}")
+        if self.zero_stage not in (0, 1, 2, 3):
+            raise ConfigError(f"learner.zero_stage must be 0, 1, 2 or 3, got {self.zero_stage}")
+        if self.lr <= 0:
+            raise ConfigError(f"learner.lr must be > 0, got {self.lr}")
+        if not 0 <= self.warmup_fraction < 1:
+            raise ConfigError(f"learner.warmup_fraction must be in [0, 1), got {self.warmup_fraction}")
+
+
+def cosine_with_warmup(total_steps: int, warmup_fraction: float, min_ratio: float):
+    warmup = max(1, int(total_steps * warmup_fraction))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return factor
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class LearnerRank:
+    def __init__(self, rank: int, world_size: int, master_addr: str, master_port: int, model_dir: str,
+                 cfg: LearnerConfig, total_steps: int, torch_threads: int = 0, seed: int = 0):
+        import torch
+
+        device.configure_torch_threads(torch_threads or None)
+        # deepspeed.initialize otherwise falls back to MPI discovery (and fails on mpi4py).
+        os.environ.update(MASTER_ADDR=master_addr, MASTER_PORT=str(master_port), RANK=str(rank),
+                          WORLD_SIZE=str(world_size), LOCAL_RANK="0")
+        import deepspeed
+        from transformers import AutoModelForCausalLM
+
+        from rlreg.model.build import ModelMeta
+        from rlreg.model.logprobs import NumberHead
+        from rlreg.numbers.registry import build_number_tokenizer
+
+        torch.manual_seed(seed)
+        self.rank = rank
+        self.cfg = cfg
+        self.meta = ModelMeta.load(model_dir)
+        self.number_tokenizer = build_number_tokenizer(self.meta.number_tokenizer)
+        self.device = torch.device(device.device_name())
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+        self.head = NumberHead(self.meta.number_token_ids, self.number_tokenizer.allowed, self.device)
+        # A client torch optimizer: DeepSpeed's own AdamW would JIT-build fused_adam (~150 s).
+        optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                      betas=tuple(cfg.betas or (0.9, 0.999)))
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, cosine_with_warmup(total_steps, cfg.warmup_fraction, cfg.min_lr_ratio))
+        ds_config = {
+            "train_micro_batch_size_per_gpu": 1,  # rlreg passes whole shards; DeepSpeed only needs a number
+            "gradient_accumulation_steps": 1,
+            "gradient_clipping": cfg.grad_clip,
+            "zero_optimization": {"stage": cfg.zero_stage},
+            "zero_allow_untested_optimizer": True,
+            "bf16": {"enabled": cfg.bf16},
+            "steps_per_print": 10**9,
+            "wall_clock_breakdown": False,
+        }
+        deepspeed.init_distributed(dist_backend=device.dist_backend(), auto_mpi_discovery=False)
+        self.engine, _, _, self.scheduler = deepspeed.initialize(
+            model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config)
+
+    def ready(self) -> int:
+        return self.rank
+
+    def step(self, objective: str, batch: dict, options: dict) -> dict:
+        """One optimizer step on this rank's shard with the named objective (rlreg.train.objectives)."""
+        from rlreg.train.objectives import OBJECTIVES
+
+        self.engine.train()
+        loss, stats = OBJECTIVES[objective](self, batch, options)
+        self.engine.backward(loss)
+        self.engine.step()
+        stats["loss"] = float(loss.detach())
+        stats["lr"] = float(self.scheduler.get_last_lr()[0])
+        return stats
+
+    def evaluate(self, objective: str, batch: dict, options: dict) -> dict:
+        import torch
+
+        from rlreg.train.objectives import OBJECTIVES
+
+        self.engine.eval()
+        with torch.no_grad():
+            loss, stats = OBJECTIVES[objective](self, batch, options)
+        stats["loss"] = float(loss)
+        return stats
+
+    def token_logprobs(self, batch: dict, temperature: float = 1.0) -> np.ndarray:
+        """logp [N, L] of the given number-token sequences under the current policy."""
+        import torch
+
+        from rlreg.train.objectives import policy_logprobs
+
+        self.engine.eval()
+        with torch.no_grad():
+            logp, _ = policy_logprobs(self, batch, temperature)
+        return logp.cpu().numpy()
+
+    def publish_weights(self) -> dict[str, np.ndarray] | None:
+        """Full weights under HF names on rank 0 (every rank must call: ZeRO-3 gathers collectively)."""
+        import deepspeed
+        import torch
+
+        module = self.engine.module
+        params = list(module.parameters())
+        gather = deepspeed.zero.GatheredParameters(params, modifier_rank=None) if self.cfg.zero_stage == 3 \
+            else _null_context()
+        with gather, torch.no_grad():
+            if self.rank != 0:
+                return None
+            return {name: tensor.detach().float().cpu().numpy().copy()
+                    for name, tensor in module.state_dict().items()}
+
+    def save_model(self, out_dir: str) -> None:
+        """HF directory (safetensors) from rank 0; every rank must call (ZeRO-3 gather)."""
+        weights = self.publish_weights()
+        if self.rank == 0:
+            import torch
+
+            module = self.engine.module
+            module.save_pretrained(out_dir, state_dict={k: torch.from_numpy(v) for k, v in weights.items()},
+                                   safe_serialization=True)
+
+    def save_checkpoint(self, ckpt_dir: str, tag: str, client_state: dict) -> None:
+        self.engine.save_checkpoint(ckpt_dir, tag=tag, client_state=client_state)
+
+    def load_checkpoint(self, ckpt_dir: str, tag: str) -> dict:
+        _, client_state = self.engine.load_checkpoint(ckpt_dir, tag=tag)
+        return client_state or {}
+
+
+class _null_context:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+class LearnerGroup:
+    """Driver-side handle on W learner ranks: shards batches, steps them together, merges stats."""
+
+    def __init__(self, model_dir: str | Path, cfg: LearnerConfig, total_steps: int, ray_cfg, seed: int = 0):
+        import ray
+        from ray.util.placement_group import placement_group
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        from rlreg.actors.session import get_with_timeout
+
+        self.cfg = cfg
+        self.ray_cfg = ray_cfg
+        bundle = {"CPU": ray_cfg.learner_cpus}
+        if device.has_cuda():
+            bundle["GPU"] = 1
+        # One bundle per rank; PACK keeps ranks together when they fit, spreads them when not.
+        self.placement = placement_group([bundle] * cfg.world_size, strategy="PACK")
+        get_with_timeout(self.placement.ready(), ray_cfg.actor_start_timeout_s,
+                         f"reserving {cfg.world_size} learner bundle(s) {bundle}")
+        port = free_port()
+        actor_cls = ray.remote(LearnerRank)
+        self.ranks = [
+            actor_cls.options(
+                num_cpus=ray_cfg.learner_cpus, num_gpus=bundle.get("GPU", 0),
+                scheduling_strategy=PlacementGroupSchedulingStrategy(self.placement, placement_group_bundle_index=r),
+            ).remote(r, cfg.world_size, "127.0.0.1", port, str(model_dir), cfg, total_steps,
+                     ray_cfg.torch_threads, seed)
+            for r in range(cfg.world_size)
+        ]
+        get_with_timeout([r.ready.remote() for r in self.ranks], ray_cfg.actor_start_timeout_s,
+                         f"starting {cfg.world_size} DeepSpeed learner rank(s)")
+
+    def _shards(self, batch: dict) -> list[dict]:
+        n = len(batch["prompts"])
+        bounds = np.linspace(0, n, self.cfg.world_size + 1).astype(int)
+        return [{k: v[a:b] for k, v in batch.items()} for a, b in zip(bounds[:-1], bounds[1:])]
+
+    def _call_all(self, method: str, per_rank_args: list[tuple], what: str) -> list[Any]:
+        from rlreg.actors.session import get_with_timeout
+
+        refs = [getattr(rank, method).remote(*args) for rank, args in zip(self.ranks, per_rank_args)]
+        return get_with_timeout(refs, self.ray_cfg.call_timeout_s, what)
+
+    def step(self, objective: str, batch: dict, options: dict) -> dict:
+        shards = self._shards(batch)
+        results = self._call_all("step", [(objective, s, options) for s in shards], f"learner {objective} step")
+        return merge_stats(results, [len(s["prompts"]) for s in shards])
+
+    def evaluate(self, objective: str, batch: dict, options: dict) -> dict:
+        shards = self._shards(batch)
+        results = self._call_all("evaluate", [(objective, s, options) for s in shards], f"learner {objective} eval")
+        return merge_stats(results, [len(s["prompts"]) for s in shards])
+
+    def token_logprobs(self, batch: dict, temperature: float = 1.0) -> np.ndarray:
+        shards = self._shards(batch)
+        parts = self._call_all("token_logprobs", [(s, temperature) for s in shards], "learner logprobs")
+        return np.concatenate(parts)
+
+    def publish_weights(self):
+        """ObjectRef of rank 0's weights (left in the object store for the engines to read)."""
+        import ray
+
+        refs = [r.publish_weights.remote() for r in self.ranks]
+        from rlreg.actors.session import get_with_timeout
+
+        get_with_timeout(refs[1:], self.ray_cfg.call_timeout_s, "learner weight gather")
+        return refs[0]
+
+    def save_model(self, out_dir: str) -> None:
+        self._call_all("save_model", [(out_dir,)] * len(self.ranks), "saving the model")
+
+    def save_checkpoint(self, ckpt_dir: str, tag: str, client_state: dict) -> None:
+        self._call_all("save_checkpoint", [(ckpt_dir, tag, client_state)] * len(self.ranks), "saving a checkpoint")
+
+    def load_checkpoint(self, ckpt_dir: str, tag: str) -> dict:
+        return self._call_all("load_checkpoint", [(ckpt_dir, tag)] * len(self.ranks), "loading a checkpoint")[0]
+
+    def shutdown(self) -> None:
+        import ray
+        from ray.util.placement_group import remove_placement_group
+
+        for rank in self.ranks:
+            ray.kill(rank)
+        remove_placement_group(self.placement)
+
+
+def merge_stats(results: list[dict], weights: list[int]) -> dict:
+    """Row-weighted mean of each numeric stat across ranks."""
+    total = max(1, sum(weights))
+    merged: dict[str, float] = {}
+    for stats, w in zip(results, weights):
+        for key, value in stats.items():
+            if isinstance(value, (int, float)):
+                merged[key] = merged.get(key, 0.0) + float(value) * w / total
+    return merged

@@ -1,0 +1,58 @@
+"""Command line: `rlreg data show SOURCE`, `rlreg train CONFIG`. Later stages add their commands."""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Sequence
+
+from rlreg.errors import RlregError
+
+EPILOG = "Settings: any config key as dotted.key=value after the config file (e.g. model.layers=4 run_dir=runs/x)."
+
+
+def _cmd_data_show(args: argparse.Namespace) -> int:
+    from rlreg.config import load_config
+    from rlreg.data.show import show_dataset
+
+    cfg = load_config(args.config, [f"data.source={args.source}", *args.overrides])
+    print(show_dataset(cfg.data))
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from rlreg.config import load_config
+    from rlreg.train.main import run_train
+
+    cfg = load_config(args.config, args.overrides)
+    run_train(cfg)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rlreg", description="Decoding-based regression trained by RL on Ray.",
+                                     epilog=EPILOG)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    data = sub.add_parser("data", help="inspect data sources")
+    data_sub = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    show = data_sub.add_parser("show", help="rows, features, target statistics and splits of a source",
+                               epilog="SOURCE: uci:NAME, csv:PATH, sqlcard:NAME, sklearn:diabetes, sklearn:friedman1")
+    show.add_argument("source")
+    show.add_argument("overrides", nargs="*", help="dotted.key=value, e.g. data.split=3")
+    show.add_argument("--config", default=None, help="a YAML config whose data section to start from")
+    show.set_defaults(func=_cmd_data_show)
+
+    train = sub.add_parser("train", help="run the training pipeline of a config", epilog=EPILOG)
+    train.add_argument("config")
+    train.add_argument("overrides", nargs="*")
+    train.set_defaults(func=_cmd_train)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except RlregError as err:
+        print(f"rlreg: error: {err}", file=sys.stderr)
+        return 2

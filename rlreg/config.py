@@ -1,0 +1,59 @@
+"""The run configuration: one typed dataclass per section, each owned by the module it configures.
+
+YAML files hold the sections; `dotted.key=value` arguments override them; an unknown or
+mistyped key is an error naming it (see configlib)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+from rlreg.configlib import apply_overrides, from_mapping, read_yaml, write_yaml
+from rlreg.data.config import DataConfig
+from rlreg.actors.session import RayConfig
+from rlreg.errors import ConfigError
+from rlreg.model.config import ModelConfig
+from rlreg.model.engine import EngineConfig
+from rlreg.numbers.config import NumbersConfig
+
+
+@dataclass
+class PreviewConfig:
+    """Sampling shown by the main job before any training exists: K numbers for a few inputs."""
+
+    inputs: int = 8
+    samples: int = 16
+    temperature: float = 1.0
+
+    def validate(self) -> None:
+        if self.inputs < 1 or self.samples < 1:
+            raise ConfigError("preview.inputs and preview.samples must be >= 1")
+        if self.temperature < 0:
+            raise ConfigError(f"preview.temperature must be >= 0, got {self.temperature}")
+
+
+@dataclass
+class RunConfig:
+    run_dir: str | None = None  # None: runs/<command>-<timestamp>
+    seed: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+    numbers: NumbersConfig = field(default_factory=NumbersConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    preview: PreviewConfig = field(default_factory=PreviewConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+
+
+def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> RunConfig:
+    """YAML file (optional) + dotted overrides → validated RunConfig. Errors name the file."""
+    mapping = read_yaml(path) if path else {}
+    mapping = apply_overrides(mapping, list(overrides))
+    try:
+        return from_mapping(RunConfig, mapping)
+    except ConfigError as err:
+        where = f"{path}: " if path else ""
+        raise ConfigError(f"{where}{err}") from err
+
+
+def save_config(cfg: RunConfig, path: str | Path) -> None:
+    write_yaml(cfg, path)

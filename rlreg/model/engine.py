@@ -1,0 +1,118 @@
+"""An in-process vLLM engine that samples number sequences under the per-position constraint.
+
+Used directly by the evaluator and wrapped in a Ray actor by the rollout workers."""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from rlreg import device
+from rlreg.errors import ConfigError, RemoteTimeout
+
+
+@dataclass
+class EngineConfig:
+    kv_cache_memory_bytes: int = 256 * 1024**2  # CPU: RAM reserved for the KV cache
+    block_size: int = 32  # CPU default is 128; only full blocks are prefix-cached, and prompts are short
+    max_num_seqs: int = 256
+    enable_prefix_caching: bool = True  # the G samples of one input share its prompt
+    enforce_eager: bool = True  # graph capture buys nothing on CPU and costs start-up time
+    seed: int = 0  # engine-level: a per-request seed kills the CPU engine (DESIGN.md)
+    dtype: str = "model"  # "model": the dtype the model was built in (vLLM's "auto" picks bf16 on CPU)
+    timeout_s: float = 600.0  # one generate() call
+
+    def validate(self) -> None:
+        if self.kv_cache_memory_bytes < 16 * 1024**2:
+            raise ConfigError(f"engine.kv_cache_memory_bytes must be >= 16 MiB, got {self.kv_cache_memory_bytes}")
+        if self.block_size not in (16, 32, 64, 128):
+            raise ConfigError(f"engine.block_size must be 16, 32, 64 or 128, got {self.block_size}")
+        if self.max_num_seqs < 1:
+            raise ConfigError(f"engine.max_num_seqs must be >= 1, got {self.max_num_seqs}")
+
+
+@dataclass
+class Samples:
+    """Constrained samples: HF token ids and their logprobs under the masked, tempered policy."""
+
+    token_ids: np.ndarray  # int64 [B, n, L]
+    logprobs: np.ndarray  # float32 [B, n, L]
+
+
+class NumberEngine:
+    def __init__(self, model_dir: str | Path, cfg: EngineConfig, max_model_len: int):
+        for key, value in device.engine_env().items():
+            os.environ.setdefault(key, value)
+        from vllm import LLM
+
+        from rlreg.model.constrained import PROCESSOR_FQCN
+
+        self.cfg = cfg
+        self.model_dir = str(model_dir)
+        dtype = cfg.dtype
+        if dtype == "model":
+            import json
+
+            config = json.loads(Path(model_dir, "config.json").read_text())
+            dtype = config.get("dtype") or config.get("torch_dtype") or "float32"
+        self.llm = LLM(
+            model=self.model_dir, tokenizer=self.model_dir, skip_tokenizer_init=False,
+            max_model_len=max_model_len, seed=cfg.seed, dtype=dtype, enforce_eager=cfg.enforce_eager,
+            kv_cache_memory_bytes=cfg.kv_cache_memory_bytes, block_size=cfg.block_size,
+            enable_prefix_caching=cfg.enable_prefix_caching, max_num_seqs=cfg.max_num_seqs,
+            logprobs_mode="processed_logprobs", logits_processors=[PROCESSOR_FQCN],
+        )
+
+    def _worker(self):
+        executor = self.llm.llm_engine.model_executor
+        driver = getattr(executor, "driver_worker", None)
+        if driver is None:
+            raise RuntimeError("in-place weight updates need the in-process engine "
+                               "(VLLM_ENABLE_V1_MULTIPROCESSING=0, see rlreg.device.engine_env)")
+        return getattr(driver, "worker", driver)
+
+    def load_weights(self, named_arrays: dict) -> None:
+        """Replace the weights in place (HF names → arrays).
+
+        `model.load_weights` fails on CPU (linear weights are repacked for oneDNN after loading);
+        `reload_weights(is_checkpoint_format=True)` redoes that processing. The prefix cache must
+        be dropped after every update: its KV entries were computed with the old weights."""
+        import torch
+
+        tensors = ((name, torch.as_tensor(array)) for name, array in named_arrays.items())
+        self._worker().reload_weights(weights_iterator=tensors, is_checkpoint_format=True)
+        self.llm.reset_prefix_cache()
+
+    def sample(self, prompts: Sequence[Sequence[int]], allowed: list[list[int]], n: int,
+               temperature: float) -> Samples:
+        """n constrained completions of len(allowed) tokens per prompt; temperature 0 is greedy."""
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        from rlreg.model.constrained import TABLE_KEY
+
+        length = len(allowed)
+        params = SamplingParams(
+            n=n, temperature=temperature, max_tokens=length, min_tokens=length, ignore_eos=True,
+            logprobs=0, detokenize=False, extra_args={TABLE_KEY: allowed},
+        )
+        started = time.monotonic()
+        outputs = self.llm.generate([TokensPrompt(prompt_token_ids=list(p)) for p in prompts], params,
+                                    use_tqdm=False)
+        if time.monotonic() - started > self.cfg.timeout_s:
+            # The in-process engine cannot be interrupted mid-call; the caller's Ray timeout cuts
+            # off a hung actor. Here we at least refuse to pass off a too-slow call as healthy.
+            raise RemoteTimeout(f"vLLM generate took longer than engine.timeout_s={self.cfg.timeout_s}")
+        token_ids = np.zeros((len(prompts), n, length), dtype=np.int64)
+        logprobs = np.zeros((len(prompts), n, length), dtype=np.float32)
+        for b, out in enumerate(outputs):
+            for k, completion in enumerate(out.outputs):
+                ids = list(completion.token_ids)
+                token_ids[b, k, : len(ids)] = ids
+                for t, (tok, entry) in enumerate(zip(ids, completion.logprobs or [])):
+                    logprobs[b, k, t] = entry[tok].logprob
+        return Samples(token_ids=token_ids, logprobs=logprobs)

@@ -1,0 +1,56 @@
+"""Log-probabilities of number tokens under the learner's model — the same distribution the
+engine samples from: logits restricted to the number tokens allowed at each position, divided by
+the temperature, log-softmaxed (vLLM with logprobs_mode="processed_logprobs")."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+
+class NumberHead:
+    """Maps full-vocabulary logits at the L answer positions to constrained number logprobs."""
+
+    def __init__(self, number_token_ids: Sequence[int], allowed, device: str | torch.device = "cpu"):
+        self.token_ids = torch.as_tensor(list(number_token_ids), dtype=torch.long, device=device)
+        allowed = torch.as_tensor(allowed, dtype=torch.bool, device=device)
+        self.bias = torch.zeros(allowed.shape, device=device).masked_fill(~allowed, float("-inf"))
+        self.length = allowed.shape[0]
+
+    def logprobs(self, answer_logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+        """answer_logits [N, L, vocab] → logp [N, L, V_number] (−inf where not allowed)."""
+        logits = answer_logits.float().index_select(-1, self.token_ids) + self.bias
+        return torch.log_softmax(logits / max(temperature, 1e-6), dim=-1)
+
+
+def pack_sequences(prompts: Sequence[Sequence[int]], completions: torch.Tensor, pad_id: int):
+    """Right-padded [prompt + completion] rows, attention mask, and the index of the logit that
+    predicts each completion token (position of the token before it)."""
+    n, length = completions.shape
+    lengths = [len(p) + length for p in prompts]
+    width = max(lengths)
+    input_ids = torch.full((n, width), pad_id, dtype=torch.long)
+    attention = torch.zeros((n, width), dtype=torch.long)
+    predict_at = torch.empty((n, length), dtype=torch.long)
+    for i, prompt in enumerate(prompts):
+        p = len(prompt)
+        input_ids[i, :p] = torch.as_tensor(prompt, dtype=torch.long)
+        input_ids[i, p : p + length] = completions[i]
+        attention[i, : p + length] = 1
+        predict_at[i] = torch.arange(p - 1, p + length - 1)
+    return input_ids, attention, predict_at
+
+
+def answer_logits(model, prompts: Sequence[Sequence[int]], completions: torch.Tensor, pad_id: int) -> torch.Tensor:
+    """Plain forward over each [prompt + completion]; returns logits [N, L, vocab] that predict
+    the L completion tokens."""
+    device = next(model.parameters()).device
+    input_ids, attention, predict_at = pack_sequences(prompts, completions.cpu(), pad_id)
+    out = model(input_ids=input_ids.to(device), attention_mask=attention.to(device), use_cache=False)
+    rows = torch.arange(len(prompts), device=device).unsqueeze(1)
+    return out.logits[rows, predict_at.to(device)]
+
+
+def gather_tokens(logp: torch.Tensor, number_index: torch.Tensor) -> torch.Tensor:
+    """logp [N, L, V] and chosen number-token indices [N, L] → [N, L]."""
+    return logp.gather(-1, number_index.unsqueeze(-1)).squeeze(-1)
