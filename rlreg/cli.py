@@ -28,6 +28,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_sft(args: argparse.Namespace) -> int:
+    from rlreg.config import load_config
+    from rlreg.train.main import run_supervised
+
+    run_supervised(load_config(args.config, args.overrides), "sft")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rlreg", description="Decoding-based regression trained by RL on Ray.",
                                      epilog=EPILOG)
@@ -41,6 +49,12 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("overrides", nargs="*", help="dotted.key=value, e.g. data.split=3")
     show.add_argument("--config", default=None, help="a YAML config whose data section to start from")
     show.set_defaults(func=_cmd_data_show)
+
+    sft = sub.add_parser("sft", help="supervised stage (token-level CE / NTL / DIST2) + sampled evaluation",
+                         epilog=EPILOG)
+    sft.add_argument("config")
+    sft.add_argument("overrides", nargs="*")
+    sft.set_defaults(func=_cmd_sft)
 
     train = sub.add_parser("train", help="run the training pipeline of a config", epilog=EPILOG)
     train.add_argument("config")

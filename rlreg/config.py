@@ -10,7 +10,10 @@ from typing import Sequence
 
 from rlreg.configlib import apply_overrides, from_mapping, read_yaml, write_yaml
 from rlreg.data.config import DataConfig
+from rlreg.actors.learner import LearnerConfig
 from rlreg.actors.session import RayConfig
+from rlreg.evaluate.sampling import EvalConfig
+from rlreg.train.sft import SFTConfig
 from rlreg.errors import ConfigError
 from rlreg.model.config import ModelConfig
 from rlreg.model.engine import EngineConfig
@@ -42,6 +45,9 @@ class RunConfig:
     engine: EngineConfig = field(default_factory=EngineConfig)
     preview: PreviewConfig = field(default_factory=PreviewConfig)
     ray: RayConfig = field(default_factory=RayConfig)
+    learner: LearnerConfig = field(default_factory=LearnerConfig)
+    sft: SFTConfig = field(default_factory=SFTConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
 
 def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> RunConfig:

@@ -21,7 +21,6 @@ from rlreg.errors import ConfigError
 class LearnerConfig:
     world_size: int = 1
     zero_stage: int = 1
-    lr: float = 1e-3
     weight_decay: float = 0.0
     warmup_fraction: float = 0.05
     min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
@@ -34,8 +33,6 @@ class LearnerConfig:
             raise ConfigError(f"learner.world_size must be >= 1, got {self.world_size}")
         if self.zero_stage not in (0, 1, 2, 3):
             raise ConfigError(f"learner.zero_stage must be 0, 1, 2 or 3, got {self.zero_stage}")
-        if self.lr <= 0:
-            raise ConfigError(f"learner.lr must be > 0, got {self.lr}")
         if not 0 <= self.warmup_fraction < 1:
             raise ConfigError(f"learner.warmup_fraction must be in [0, 1), got {self.warmup_fraction}")
 
@@ -60,7 +57,7 @@ def free_port() -> int:
 
 class LearnerRank:
     def __init__(self, rank: int, world_size: int, master_addr: str, master_port: int, model_dir: str,
-                 cfg: LearnerConfig, total_steps: int, torch_threads: int = 0, seed: int = 0):
+                 cfg: LearnerConfig, lr: float, total_steps: int, torch_threads: int = 0, seed: int = 0):
         import torch
 
         device.configure_torch_threads(torch_threads or None)
@@ -83,7 +80,7 @@ class LearnerRank:
         model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
         self.head = NumberHead(self.meta.number_token_ids, self.number_tokenizer.allowed, self.device)
         # A client torch optimizer: DeepSpeed's own AdamW would JIT-build fused_adam (~150 s).
-        optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
+        optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=cfg.weight_decay,
                                       betas=tuple(cfg.betas or (0.9, 0.999)))
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, cosine_with_warmup(total_steps, cfg.warmup_fraction, cfg.min_lr_ratio))
@@ -182,7 +179,8 @@ class _null_context:
 class LearnerGroup:
     """Driver-side handle on W learner ranks: shards batches, steps them together, merges stats."""
 
-    def __init__(self, model_dir: str | Path, cfg: LearnerConfig, total_steps: int, ray_cfg, seed: int = 0):
+    def __init__(self, model_dir: str | Path, cfg: LearnerConfig, lr: float, total_steps: int, ray_cfg,
+                 seed: int = 0):
         import ray
         from ray.util.placement_group import placement_group
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
@@ -204,7 +202,7 @@ class LearnerGroup:
             actor_cls.options(
                 num_cpus=ray_cfg.learner_cpus, num_gpus=bundle.get("GPU", 0),
                 scheduling_strategy=PlacementGroupSchedulingStrategy(self.placement, placement_group_bundle_index=r),
-            ).remote(r, cfg.world_size, "127.0.0.1", port, str(model_dir), cfg, total_steps,
+            ).remote(r, cfg.world_size, "127.0.0.1", port, str(model_dir), cfg, lr, total_steps,
                      ray_cfg.torch_threads, seed)
             for r in range(cfg.world_size)
         ]

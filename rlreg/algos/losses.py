@@ -50,7 +50,7 @@ def aggregate(per_token: Tensor, mask: Tensor, loss_agg: LossAgg = "token_mean")
 def policy_loss(
     logp: Tensor,
     old_logp: Tensor | None,
-    advantages: Tensor,
+    advantages: Tensor | np.ndarray,
     mask: Tensor,
     clip_eps: float | None = None,
     loss_agg: LossAgg = "token_mean",
@@ -68,6 +68,7 @@ def policy_loss(
     i.e. its gradient is cut off; 0 without clipping), ratio_mean, ratio_max.
     """
     mask = _bool_mask(mask, logp)
+    advantages = torch.as_tensor(advantages, device=logp.device)  # NumPy from the estimators is fine
     if advantages.shape != logp.shape[:1]:
         raise ValueError(f"advantages must have shape [{logp.shape[0]}], got {tuple(advantages.shape)}")
     logp = masked_zero(logp, mask)

@@ -213,9 +213,9 @@ class Quantile(TargetScaler):
     """Empirical CDF of the train targets: sorted unique train values x_i get their mid-rank
     p_i, rescaled so the smallest is 0 and the largest 1; between them piecewise-linear.
 
-    Exact inverse on the train range. Outside it transform clips to the end values (counted in
-    `last_clipped`); with clip=False the end segments are extended linearly instead. The z-space
-    is the plain train z-score of y.
+    Exact inverse on the train range. Outside it the end segments are extended linearly, so values
+    land outside [0, 1]; transform clips them into [0, 1] by default and counts them in
+    `last_clipped`, as zscore_minmax does. The z-space is the plain train z-score of y.
     """
 
     name = "quantile"
@@ -234,7 +234,7 @@ class Quantile(TargetScaler):
     def transform(self, y: Any, clip: bool = True) -> np.ndarray:
         self._require_fitted()
         y = _as_values(y, f"{self.name}.transform", allow_nan=False)
-        return self._squeeze(_interp(y, self.xs, self.ps, extend=not clip), clip)
+        return self._squeeze(_interp(y, self.xs, self.ps, extend=True), clip)
 
     def inverse_transform(self, u: Any) -> np.ndarray:
         self._require_fitted()

@@ -1,0 +1,27 @@
+"""Per-step metrics to JSONL (one line a record) and TensorBoard scalars, under the run dir."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+
+class RunLogger:
+    def __init__(self, run_dir: str | Path, name: str):
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.path = Path(run_dir) / f"{name}_log.jsonl"
+        self._file = self.path.open("a")
+        self._tb = SummaryWriter(log_dir=str(Path(run_dir) / "tensorboard" / name))
+
+    def log(self, step: int, record: dict, prefix: str = "") -> None:
+        clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
+        self._file.write(json.dumps({"step": step, **({"split": prefix} if prefix else {}), **clean}) + "\n")
+        self._file.flush()
+        for key, value in record.items():
+            if isinstance(value, (int, float)) and math.isfinite(value):
+                self._tb.add_scalar(f"{prefix}/{key}" if prefix else key, value, step)
+
+    def close(self) -> None:
+        self._file.close()
+        self._tb.close()

@@ -1,0 +1,109 @@
+"""The supervised stage: token-level losses on the target's number tokens, in the DeepSpeed learner
+group, with early stopping on validation loss. Returns the best model's directory."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from rlreg.errors import ConfigError
+
+LOSSES = ("ce", "ntl_was", "dist2")
+
+
+@dataclass
+class SFTConfig:
+    enabled: bool = True
+    steps: int = 300
+    batch_size: int = 64
+    lr: float = 1e-3
+    loss: str = "ce"  # ce | ntl_was (CE + ntl_weight·NTL-WAS) | dist2
+    ntl_weight: float = 0.3
+    dist2_sigma: float = 1.0
+    eval_every: int = 50
+    patience: int = 4  # evaluations without a better validation loss before stopping
+    init_from: str | None = None  # a model directory to start from instead of training
+
+    def validate(self) -> None:
+        if self.loss not in LOSSES:
+            raise ConfigError(f"sft.loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
+        for key in ("steps", "batch_size", "eval_every", "patience"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"sft.{key} must be >= 1, got {getattr(self, key)}")
+        if self.lr <= 0:
+            raise ConfigError(f"sft.lr must be > 0, got {self.lr}")
+
+
+class BatchCursor:
+    """Seeded epoch-wise shuffling with a position that can be saved and restored."""
+
+    def __init__(self, n: int, batch_size: int, seed: int, epoch: int = 0, offset: int = 0):
+        self.n, self.batch_size, self.seed = n, batch_size, seed
+        self.epoch, self.offset = epoch, offset
+
+    def _order(self) -> np.ndarray:
+        return np.random.default_rng([self.seed, self.epoch]).permutation(self.n)
+
+    def next(self) -> np.ndarray:
+        out = []
+        while len(out) < min(self.batch_size, self.n):
+            order = self._order()
+            take = order[self.offset : self.offset + self.batch_size - len(out)]
+            out.extend(take.tolist())
+            self.offset += len(take)
+            if self.offset >= self.n:
+                self.epoch, self.offset = self.epoch + 1, 0
+        return np.asarray(out)
+
+    def state(self) -> dict:
+        return {"epoch": self.epoch, "offset": self.offset}
+
+
+def sft_options(cfg: SFTConfig) -> dict:
+    return {"loss": cfg.loss, "ntl_weight": cfg.ntl_weight, "dist2_sigma": cfg.dist2_sigma}
+
+
+def run_sft(cfg, task, run_dir: Path) -> Path:
+    from tqdm import tqdm
+
+    from rlreg.actors.learner import LearnerGroup
+    from rlreg.train.export import atomic_replace_dir, copy_model_extras
+    from rlreg.train.logger import RunLogger
+
+    sft = cfg.sft
+    best_dir = Path(run_dir) / "sft_model"
+    group = LearnerGroup(task.model_dir, cfg.learner, sft.lr, sft.steps, cfg.ray, seed=cfg.seed)
+    logger = RunLogger(run_dir, "sft")
+    options = sft_options(sft)
+    cursor = BatchCursor(len(task.prompts["train"]), sft.batch_size, cfg.seed)
+    val_batch = {"prompts": task.prompts["val"], "tokens": task.target_tokens["val"]}
+    best, stale = float("inf"), 0
+    bar = tqdm(range(sft.steps), desc="sft", unit="step", dynamic_ncols=True)
+    try:
+        for step in bar:
+            idx = cursor.next()
+            stats = group.step("sft", {"prompts": [task.prompts["train"][i] for i in idx],
+                                       "tokens": task.target_tokens["train"][idx]}, options)
+            logger.log(step, stats, "train")
+            bar.set_postfix(loss=f"{stats['loss']:.4f}", best_val=f"{best:.4f}")
+            if (step + 1) % sft.eval_every and step + 1 != sft.steps:
+                continue
+            val = group.evaluate("sft", val_batch, options)
+            logger.log(step, val, "val")
+            if val["loss"] < best - 1e-5:
+                best, stale = val["loss"], 0
+                tmp = best_dir.with_name(best_dir.name + ".tmp")
+                group.save_model(str(tmp))
+                copy_model_extras(task.model_dir, tmp)
+                atomic_replace_dir(tmp, best_dir)
+            else:
+                stale += 1
+                if stale >= sft.patience:
+                    bar.write(f"sft: early stop at step {step + 1} (validation loss {best:.4f})")
+                    break
+    finally:
+        bar.close()
+        logger.close()
+        group.shutdown()
+    return best_dir

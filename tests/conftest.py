@@ -1,0 +1,40 @@
+"""Shared fixtures: one tiny task, one in-process vLLM engine and one Ray session per test run
+(two cores: starting these once keeps the suite lean)."""
+from __future__ import annotations
+
+import os
+
+# Before anything imports vllm: run the engine inside this process (DESIGN.md: ~4 s start).
+os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+
+import pytest  # noqa: E402
+
+from rlreg.config import load_config  # noqa: E402
+
+TINY = [
+    "data.source=sklearn:diabetes", "data.max_rows=200", "model.layers=1", "model.hidden=64", "model.heads=2",
+    "model.prompt_vocab=300", "numbers.base=2", "numbers.length=6", "engine.kv_cache_memory_bytes=67108864",
+]
+
+
+@pytest.fixture(scope="session")
+def tiny_cfg(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("tiny_run")
+    return load_config(None, [*TINY, f"run_dir={run_dir}"])
+
+
+@pytest.fixture(scope="session")
+def tiny_task(tiny_cfg):
+    from pathlib import Path
+
+    from rlreg.train.task import prepare_task
+
+    return prepare_task(tiny_cfg, Path(tiny_cfg.run_dir))
+
+
+@pytest.fixture(scope="session")
+def engine(tiny_task, tiny_cfg):
+    from rlreg.model.engine import NumberEngine
+
+    return NumberEngine(tiny_task.model_dir, tiny_cfg.engine, tiny_cfg.model.max_positions)
