@@ -20,11 +20,21 @@ def _cmd_data_show(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from rlreg.config import load_config
+    from rlreg.errors import ConfigError
     from rlreg.train.main import run_train
 
-    cfg = load_config(args.config, args.overrides)
-    run_train(cfg)
+    if args.resume:
+        saved = Path(args.resume) / "config.yaml"
+        if not saved.is_file():
+            raise ConfigError(f"--resume {args.resume}: no config.yaml there (not an rlreg run directory)")
+        # The run's own saved config wins; CONFIG only names what was run, overrides still apply.
+        cfg = load_config(saved, [*args.overrides, f"run_dir={args.resume}"])
+    else:
+        cfg = load_config(args.config, args.overrides)
+    run_train(cfg, resume=bool(args.resume))
     return 0
 
 
@@ -56,9 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
     sft.add_argument("overrides", nargs="*")
     sft.set_defaults(func=_cmd_sft)
 
-    train = sub.add_parser("train", help="run the training pipeline of a config", epilog=EPILOG)
+    train = sub.add_parser("train", help="supervised stage then RL (ReMax/GRPO/...) + evaluation before and after", epilog=EPILOG)
     train.add_argument("config")
     train.add_argument("overrides", nargs="*")
+    train.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint")
     train.set_defaults(func=_cmd_train)
     return parser
 

@@ -11,28 +11,15 @@ from typing import Sequence
 from rlreg.configlib import apply_overrides, from_mapping, read_yaml, write_yaml
 from rlreg.data.config import DataConfig
 from rlreg.actors.learner import LearnerConfig
+from rlreg.actors.reward import RewardConfig
 from rlreg.actors.session import RayConfig
 from rlreg.evaluate.sampling import EvalConfig
+from rlreg.train.rl import RLConfig
 from rlreg.train.sft import SFTConfig
 from rlreg.errors import ConfigError
 from rlreg.model.config import ModelConfig
 from rlreg.model.engine import EngineConfig
 from rlreg.numbers.config import NumbersConfig
-
-
-@dataclass
-class PreviewConfig:
-    """Sampling shown by the main job before any training exists: K numbers for a few inputs."""
-
-    inputs: int = 8
-    samples: int = 16
-    temperature: float = 1.0
-
-    def validate(self) -> None:
-        if self.inputs < 1 or self.samples < 1:
-            raise ConfigError("preview.inputs and preview.samples must be >= 1")
-        if self.temperature < 0:
-            raise ConfigError(f"preview.temperature must be >= 0, got {self.temperature}")
 
 
 @dataclass
@@ -43,11 +30,12 @@ class RunConfig:
     numbers: NumbersConfig = field(default_factory=NumbersConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
-    preview: PreviewConfig = field(default_factory=PreviewConfig)
     ray: RayConfig = field(default_factory=RayConfig)
     learner: LearnerConfig = field(default_factory=LearnerConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    rl: RLConfig = field(default_factory=RLConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
 
 
 def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> RunConfig:

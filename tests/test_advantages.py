@@ -97,11 +97,9 @@ def test_std_filter_keeps_groups_with_spread():
 
 def test_algo_config_validation_names_rl_keys():
     assert AlgoConfig().validate().advantage == "remax"
-    AlgoConfig(reward="mypkg.rewards:score", clip_eps=0.2, std_filter_tol=None).validate()
+    AlgoConfig(clip_eps=0.2, std_filter_tol=None).validate()
     with pytest.raises(ConfigError, match="rl.advantage"):
         AlgoConfig(advantage="ppo").validate()
-    with pytest.raises(ConfigError, match="rl.reward"):
-        AlgoConfig(reward="mse").validate()
     with pytest.raises(ConfigError, match="rl.clip_eps"):
         AlgoConfig(clip_eps=1.5).validate()
     with pytest.raises(ConfigError, match="rl.kl_in"):

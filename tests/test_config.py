@@ -52,10 +52,10 @@ def test_override_syntax_errors():
 
 
 def test_int_widens_to_float_but_not_bool():
-    cfg = load_config(None, ["preview.temperature=1"])
-    assert cfg.preview.temperature == 1.0 and isinstance(cfg.preview.temperature, float)
+    cfg = load_config(None, ["eval.temperature=1"])
+    assert cfg.eval.temperature == 1.0 and isinstance(cfg.eval.temperature, float)
     with pytest.raises(ConfigError):
-        load_config(None, ["preview.temperature=true"])
+        load_config(None, ["eval.temperature=true"])
 
 
 def test_missing_config_file(tmp_path):

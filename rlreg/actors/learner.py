@@ -74,6 +74,8 @@ class LearnerRank:
         torch.manual_seed(seed)
         self.rank = rank
         self.cfg = cfg
+        self.model_dir = model_dir
+        self._reference = None  # frozen copy of the starting model, loaded when a KL term needs it
         self.meta = ModelMeta.load(model_dir)
         self.number_tokenizer = build_number_tokenizer(self.meta.number_tokenizer)
         self.device = torch.device(device.device_name())
@@ -134,6 +136,21 @@ class LearnerRank:
         with torch.no_grad():
             logp, _ = policy_logprobs(self, batch, temperature)
         return logp.cpu().numpy()
+
+    def reference_logprobs(self, batch: dict, temperature: float = 1.0) -> np.ndarray:
+        """logp [N, L] of the given tokens under the frozen starting model (for KL terms)."""
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        from rlreg.model.logprobs import answer_logits, gather_tokens
+
+        if self._reference is None:
+            self._reference = AutoModelForCausalLM.from_pretrained(self.model_dir, dtype=torch.float32)
+            self._reference.to(self.device).eval().requires_grad_(False)
+        tokens = torch.as_tensor(np.asarray(batch["tokens"]), dtype=torch.long, device=self.device)
+        with torch.no_grad():
+            logits = answer_logits(self._reference, batch["prompts"], self.head.token_ids[tokens], self.meta.pad_id)
+            return gather_tokens(self.head.logprobs(logits, temperature), tokens).cpu().numpy()
 
     def publish_weights(self) -> dict[str, np.ndarray] | None:
         """Full weights under HF names on rank 0 (every rank must call: ZeRO-3 gathers collectively)."""
@@ -233,6 +250,26 @@ class LearnerGroup:
     def token_logprobs(self, batch: dict, temperature: float = 1.0) -> np.ndarray:
         shards = self._shards(batch)
         parts = self._call_all("token_logprobs", [(s, temperature) for s in shards], "learner logprobs")
+        return np.concatenate(parts)
+
+    def reference_logprobs(self, batch: dict, temperature: float = 1.0) -> np.ndarray:
+        """logp [N, L] of the given tokens under the frozen starting model (for KL terms)."""
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        from rlreg.model.logprobs import answer_logits, gather_tokens
+
+        if self._reference is None:
+            self._reference = AutoModelForCausalLM.from_pretrained(self.model_dir, dtype=torch.float32)
+            self._reference.to(self.device).eval().requires_grad_(False)
+        tokens = torch.as_tensor(np.asarray(batch["tokens"]), dtype=torch.long, device=self.device)
+        with torch.no_grad():
+            logits = answer_logits(self._reference, batch["prompts"], self.head.token_ids[tokens], self.meta.pad_id)
+            return gather_tokens(self.head.logprobs(logits, temperature), tokens).cpu().numpy()
+
+    def reference_logprobs(self, batch: dict, temperature: float = 1.0) -> np.ndarray:
+        shards = self._shards(batch)
+        parts = self._call_all("reference_logprobs", [(s, temperature) for s in shards], "reference logprobs")
         return np.concatenate(parts)
 
     def publish_weights(self):

@@ -1,8 +1,10 @@
-"""RolloutWorker: a Ray actor that owns one vLLM engine and samples constrained numbers."""
+"""Rollout workers: Ray actors that each own one vLLM engine and sample constrained numbers;
+RolloutGroup spreads a batch over N of them and pushes new weights to all."""
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import ray
 
 from rlreg import device
@@ -29,14 +31,43 @@ class RolloutWorker:
         return self.version
 
 
-def start_rollout_worker(model_dir: str | Path, engine_cfg: EngineConfig, max_model_len: int, ray_cfg):
-    """Start one worker; the engine env var must be in the actor's env before vllm is imported."""
-    from rlreg.actors.session import get_with_timeout
+class RolloutGroup:
+    """N rollout workers behind one call; every wait is time-limited."""
 
-    actor_cls = ray.remote(RolloutWorker).options(
-        num_cpus=ray_cfg.rollout_cpus, num_gpus=device.ray_gpus_per_actor(1.0),
-        runtime_env={"env_vars": device.engine_env()},
-    )
-    worker = actor_cls.remote(str(model_dir), engine_cfg, max_model_len, ray_cfg.torch_threads)
-    get_with_timeout(worker.ready.remote(), ray_cfg.actor_start_timeout_s, "starting the rollout worker (vLLM engine)")
-    return worker
+    def __init__(self, model_dir: str | Path, engine_cfg: EngineConfig, max_model_len: int, ray_cfg,
+                 workers: int = 1):
+        from rlreg.actors.session import get_with_timeout
+
+        self.ray_cfg = ray_cfg
+        self._args = (str(model_dir), engine_cfg, max_model_len, ray_cfg.torch_threads)
+        # The engine env var must be in the actor's env before vllm is imported there.
+        self._cls = ray.remote(RolloutWorker).options(
+            num_cpus=ray_cfg.rollout_cpus, num_gpus=device.ray_gpus_per_actor(1.0),
+            runtime_env={"env_vars": device.engine_env()},
+        )
+        self.workers = [self._cls.remote(*self._args) for _ in range(workers)]
+        get_with_timeout([w.ready.remote() for w in self.workers], ray_cfg.actor_start_timeout_s,
+                         f"starting {workers} rollout worker(s) (vLLM engine)")
+
+    def sample(self, prompts: list[list[int]], allowed: list[list[int]], n: int, temperature: float,
+               chunk: int = 256) -> Samples:
+        """Split the prompts into chunks dealt round-robin to the workers; results in input order."""
+        from rlreg.actors.session import get_with_timeout
+
+        starts = list(range(0, len(prompts), chunk))
+        refs = [self.workers[i % len(self.workers)].sample.remote(prompts[a : a + chunk], allowed, n, temperature)
+                for i, a in enumerate(starts)]
+        parts = get_with_timeout(refs, self.ray_cfg.call_timeout_s, "rollout sampling")
+        return Samples(token_ids=np.concatenate([p.token_ids for p in parts]),
+                       logprobs=np.concatenate([p.logprobs for p in parts]))
+
+    def load_weights(self, weights_ref) -> list[int]:
+        """Push one weights object (an ObjectRef, read zero-copy by each worker) to every engine."""
+        from rlreg.actors.session import get_with_timeout
+
+        return get_with_timeout([w.load_weights.remote(weights_ref) for w in self.workers],
+                                self.ray_cfg.call_timeout_s, "rollout weight update")
+
+    def shutdown(self) -> None:
+        for w in self.workers:
+            ray.kill(w)

@@ -12,7 +12,7 @@ from rlreg.errors import ConfigError, RemoteTimeout
 class RayConfig:
     address: str | None = None  # None: join RAY_ADDRESS if set (inside `ray job submit`), else start locally
     num_cpus: int | None = None  # for a local session; None = all cores
-    rollout_cpus: float = 1.0  # logical CPUs per rollout actor (fractions let roles share 2 cores)
+    rollout_cpus: float = 0.5  # logical CPUs per rollout actor (fractions let roles share 2 cores)
     reward_cpus: float = 0.1
     learner_cpus: float = 0.5
     torch_threads: int = 0  # 0: as many as cores, set explicitly inside every actor

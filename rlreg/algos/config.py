@@ -1,4 +1,5 @@
-"""AlgoConfig: the algorithm keys of the `rl:` config section (advantage, reward, loss terms).
+"""AlgoConfig: the algorithm keys of the `rl:` config section (advantage, loss terms).
+The reward function has its own section (rlreg.actors.reward.RewardConfig).
 
 The RL loop's own config (steps, group size, learning rate, ...) can inherit from or embed
 this; errors name keys as `rl.<key>`. Only scalar fields, so dotted CLI overrides reach all.
@@ -9,7 +10,6 @@ import math
 from dataclasses import dataclass
 
 from rlreg.algos.advantages import advantage_names
-from rlreg.algos.rewards import reward_names
 from rlreg.errors import ConfigError
 
 
@@ -17,7 +17,6 @@ from rlreg.errors import ConfigError
 class AlgoConfig:
     advantage: str = "remax"  # registry name: remax | grpo | rloo | drgrpo
     adv_eps: float = 1e-6  # GRPO's std guard
-    reward: str = "neg_mse"  # registry name or module:function / file.py:function
     clip_eps: float | None = None  # None: plain REINFORCE (one on-policy step per batch)
     loss_agg: str = "token_mean"  # token_mean | seq_mean
     kl_coef: float = 0.0  # GenRe² uses no KL
@@ -31,8 +30,6 @@ class AlgoConfig:
         """Raise ConfigError naming the first bad key; returns self for chaining."""
         if self.advantage not in advantage_names():
             raise ConfigError(f"rl.advantage must be one of {advantage_names()}, got {self.advantage!r}")
-        if self.reward not in reward_names() and ":" not in self.reward:
-            raise ConfigError(f"rl.reward must be one of {reward_names()} or 'module:function', got {self.reward!r}")
         for key, choices in (("loss_agg", ("token_mean", "seq_mean")), ("kl_kind", ("k1", "k3")), ("kl_in", ("reward", "loss"))):
             if getattr(self, key) not in choices:
                 raise ConfigError(f"rl.{key} must be one of {list(choices)}, got {getattr(self, key)!r}")

@@ -76,6 +76,7 @@ def parity_plot(
         raise ValueError(f"parity plot {title!r}: no row with finite target and prediction")
     y, yhat = y[keep], yhat[keep]
     figure, axes = _new_figure()
+    extent = [y, yhat]  # the axes span these values (only the bars actually drawn count)
     if lo is not None:
         lo, hi = lo[keep], hi[keep]
         shown = np.unique(np.linspace(0, y.size - 1, min(y.size, MAX_INTERVAL_BARS)).astype(int))
@@ -85,8 +86,9 @@ def parity_plot(
         label = "interval" if shown.size == y.size else f"interval ({shown.size} of {y.size})"
         axes.errorbar(y[shown], yhat[shown], yerr=[below, above], fmt="none",
                       ecolor="tab:gray", elinewidth=0.7, alpha=0.5, label=label)
+        extent += [yhat[shown] - below, yhat[shown] + above]
     axes.scatter(y, yhat, color="tab:blue", label="prediction", **_point_style(y.size))
-    values = np.concatenate([y, yhat] + ([lo, hi] if lo is not None else []))
+    values = np.concatenate(extent)
     low, high = float(values.min()), float(values.max())
     pad = 0.03 * (high - low) if high > low else 1.0
     axes.plot([low - pad, high + pad], [low - pad, high + pad], color="tab:red", linewidth=1, label="y = x")

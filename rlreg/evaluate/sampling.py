@@ -26,26 +26,20 @@ class EvalConfig:
             raise ConfigError(f"eval.aggregation must be auto, mean, median or trimmed_mean, got {self.aggregation!r}")
 
 
-def sample_values(worker, task, prompts: list[list[int]], k: int, temperature: float, chunk: int,
-                  timeout_s: float) -> tuple[np.ndarray, np.ndarray]:
-    """values [N, K] in original units and validity [N, K]."""
-    from rlreg.actors.session import get_with_timeout
-
-    refs = [worker.sample.remote(prompts[a : a + chunk], task.allowed_hf, k, temperature)
-            for a in range(0, len(prompts), chunk)]
-    parts = [get_with_timeout(ref, timeout_s, "rollout worker sampling for evaluation") for ref in refs]
-    token_ids = np.concatenate([p.token_ids for p in parts])
-    return task.decode(token_ids)
+def sample_values(rollout, task, prompts: list[list[int]], k: int, temperature: float,
+                  chunk: int) -> tuple[np.ndarray, np.ndarray]:
+    """values [N, K] in original units and validity [N, K], sampled through a RolloutGroup."""
+    samples = rollout.sample(prompts, task.allowed_hf, k, temperature, chunk=chunk)
+    return task.decode(samples.token_ids)
 
 
-def evaluate_model(worker, task, eval_cfg: EvalConfig, timeout_s: float, out_dir: Path | None = None,
-                   label: str = "") -> dict:
+def evaluate_model(rollout, task, eval_cfg: EvalConfig, out_dir: Path | None = None, label: str = "") -> dict:
     from rlreg.evaluate.aggregate import aggregate, choose_aggregation, sample_interval
     from rlreg.evaluate.metrics import evaluate_samples
 
     results: dict = {}
-    drawn = {split: sample_values(worker, task, task.prompts[split], eval_cfg.samples, eval_cfg.temperature,
-                                  eval_cfg.chunk_inputs, timeout_s) for split in ("val", "test")}
+    drawn = {split: sample_values(rollout, task, task.prompts[split], eval_cfg.samples, eval_cfg.temperature,
+                                  eval_cfg.chunk_inputs) for split in ("val", "test")}
     how = eval_cfg.aggregation
     if how == "auto":
         how = choose_aggregation(*drawn["val"], task.y["val"])

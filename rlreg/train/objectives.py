@@ -60,3 +60,35 @@ def supervised(rank, batch: dict, options: dict):
         stats["dist2"] = float(loss.detach())
         return loss, stats
     raise ValueError(f"unknown supervised loss {kind!r}")
+
+
+@register_objective("rl")
+def reinforce(rank, batch: dict, options: dict):
+    """Sequence-level policy gradient on rollouts with given advantages, plus optional KL to the
+    frozen reference, entropy bonus and GenRe²'s dense expert CE along each rollout."""
+    from rlreg.algos import losses
+
+    logp, logp_full = policy_logprobs(rank, batch, options.get("temperature", 1.0))
+    mask = torch.ones_like(logp)
+    advantages = torch.as_tensor(np.asarray(batch["advantages"]), dtype=torch.float32, device=logp.device)
+    old = batch.get("old_logp")
+    old = None if old is None else torch.as_tensor(np.asarray(old), dtype=torch.float32, device=logp.device)
+    loss, stats = losses.policy_loss(logp, old, advantages, mask, options.get("clip_eps"),
+                                     options.get("loss_agg", "token_mean"))
+    stats = dict(stats)
+    if options.get("kl_coef", 0.0) > 0 and options.get("kl_in") == "loss":
+        ref = torch.as_tensor(rank.reference_logprobs(batch, options.get("temperature", 1.0)), device=logp.device)
+        kl, kl_stats = losses.kl_loss(logp, ref, mask, options.get("kl_kind", "k3"), options["kl_coef"],
+                                      options.get("loss_agg", "token_mean"))
+        loss = loss + kl
+        stats.update(kl_stats)
+    if options.get("entropy_coef", 0.0) > 0:
+        ent = losses.entropy(logp_full, mask)
+        loss = loss - options["entropy_coef"] * ent
+        stats["entropy"] = float(ent.detach())
+    if options.get("expert_ce_coef", 0.0) > 0 and "expert" in batch:
+        expert = torch.as_tensor(np.asarray(batch["expert"]), dtype=torch.long, device=logp.device)
+        ce, ce_stats = token_losses.expert_ce(logp_full, expert, mask)
+        loss = loss + options["expert_ce_coef"] * ce
+        stats.update(ce_stats)
+    return loss, stats

@@ -1,0 +1,140 @@
+"""RewardPool: M Ray actors that decode number tokens and score them with a reward function.
+
+Rewards are computed in a chosen space (default: z-space, the paper's −(ŷ−y)² on z-scored
+targets). Invalid sequences get `invalid_penalty`; a reward function that raises, returns NaN/inf
+or hangs past its timeout gets `failure_penalty` for that batch — each case counted and reported."""
+from __future__ import annotations
+
+import concurrent.futures
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from rlreg.errors import ConfigError
+
+SPACES = ("z", "original", "scaled")
+
+
+@dataclass
+class RewardConfig:
+    fn: str = "neg_mse"  # registry name or module:function / file.py:function
+    options: dict = field(default_factory=dict)  # keyword options of the function, e.g. {clip: 10}
+    space: str = "z"  # z (z-scored targets) | original (units of the data) | scaled (the tokenizer's space)
+    workers: int = 2
+    invalid_penalty: float = -10.0
+    failure_penalty: float = -10.0
+    timeout_s: float = 30.0  # one reward-function call
+
+    def validate(self) -> None:
+        from rlreg.algos.rewards import load_reward
+
+        if self.space not in SPACES:
+            raise ConfigError(f"reward.space must be one of {', '.join(SPACES)}, got {self.space!r}")
+        if self.workers < 1:
+            raise ConfigError(f"reward.workers must be >= 1, got {self.workers}")
+        if self.timeout_s <= 0:
+            raise ConfigError(f"reward.timeout_s must be > 0, got {self.timeout_s}")
+        load_reward(self.fn, **self.options)  # fail at config time, naming the function
+
+
+class RewardWorker:
+    def __init__(self, number_spec: dict, scaler_state: dict, cfg: RewardConfig):
+        from rlreg.algos.rewards import load_reward
+        from rlreg.numbers.registry import build_number_tokenizer
+        from rlreg.numbers.scalers import scaler_from_state_dict
+
+        self.cfg = cfg
+        self.number_tokenizer = build_number_tokenizer(number_spec)
+        self.scaler = scaler_from_state_dict(scaler_state)
+        self.fn = load_reward(cfg.fn, **cfg.options)
+        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+
+    def ready(self) -> bool:
+        return True
+
+    def _to_space(self, values_scaled: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        original = self.scaler.inverse_transform(values_scaled)
+        if self.cfg.space == "original":
+            return original, targets
+        if self.cfg.space == "z":
+            return self.scaler.to_z(np.where(np.isfinite(original), original, 0.0)), self.scaler.to_z(targets)
+        return values_scaled, self.scaler.transform(targets, clip=False)
+
+    def score(self, number_ids: np.ndarray, targets: np.ndarray, columns: dict | None = None) -> dict:
+        from rlreg.algos.rewards import check_rewards
+
+        values_scaled, valid = self.number_tokenizer.decode_many(number_ids)
+        pred_orig = np.full(len(valid), np.nan)
+        pred_orig[valid] = self.scaler.inverse_transform(values_scaled[valid])
+        pred, target = self._to_space(np.where(valid, values_scaled, 0.5), np.asarray(targets, dtype=np.float64))
+        rewards = np.full(len(valid), self.cfg.invalid_penalty, dtype=np.float64)
+        error = None
+        failed = np.zeros(len(valid), dtype=bool)
+        if valid.any():
+            call = self._pool.submit(self.fn, pred[valid], target[valid], **(columns or {}))
+            try:
+                out = call.result(timeout=self.cfg.timeout_s)
+                bad = check_rewards(out, (int(valid.sum()),), self.cfg.fn)
+                scored = np.asarray(out, dtype=np.float64)
+                failed[np.flatnonzero(valid)[bad]] = True
+                rewards[valid] = np.where(bad, self.cfg.failure_penalty, scored)
+            except concurrent.futures.TimeoutError:
+                error = f"reward {self.cfg.fn!r} did not return within reward.timeout_s={self.cfg.timeout_s}"
+                failed[valid] = True
+                rewards[valid] = self.cfg.failure_penalty
+                # The hung call keeps its thread; give later calls a fresh one.
+                self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+            except Exception as err:  # the user's function failed: count it, report it, go on
+                error = f"reward {self.cfg.fn!r} raised {type(err).__name__}: {err}"
+                failed[valid] = True
+                rewards[valid] = self.cfg.failure_penalty
+        return {"rewards": rewards, "pred": pred_orig, "valid": valid, "failed": failed, "error": error}
+
+
+class RewardPool:
+    """M reward actors; a batch is split across them, and a chunk whose actor died is retried on another."""
+
+    def __init__(self, number_spec: dict, scaler_state: dict, cfg: RewardConfig, ray_cfg):
+        import ray
+
+        from rlreg.actors.session import get_with_timeout
+
+        self.cfg, self.ray_cfg = cfg, ray_cfg
+        self._args = (number_spec, scaler_state, cfg)
+        self._cls = ray.remote(RewardWorker).options(num_cpus=ray_cfg.reward_cpus, max_restarts=2)
+        self.workers = [self._cls.remote(*self._args) for _ in range(cfg.workers)]
+        get_with_timeout([w.ready.remote() for w in self.workers], ray_cfg.actor_start_timeout_s,
+                         f"starting {cfg.workers} reward actor(s)")
+        self.retries = 0
+
+    def score(self, number_ids: np.ndarray, targets: np.ndarray) -> dict:
+        import ray
+
+        from rlreg.actors.session import get_with_timeout
+
+        bounds = np.linspace(0, len(targets), len(self.workers) + 1).astype(int)
+        chunks = [(a, b) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+        refs = {i: self.workers[i % len(self.workers)].score.remote(number_ids[a:b], targets[a:b])
+                for i, (a, b) in enumerate(chunks)}
+        limit = self.cfg.timeout_s + self.ray_cfg.call_timeout_s
+        results = {}
+        for i, ref in refs.items():
+            try:
+                results[i] = get_with_timeout(ref, limit, "reward actor")
+            except ray.exceptions.RayActorError:
+                # The actor died mid-batch: score this chunk on a replacement.
+                self.retries += 1
+                a, b = chunks[i]
+                self.workers[i % len(self.workers)] = self._cls.remote(*self._args)
+                retry = self.workers[i % len(self.workers)].score.remote(number_ids[a:b], targets[a:b])
+                results[i] = get_with_timeout(retry, limit, "reward actor (retry)")
+        merged = {key: np.concatenate([results[i][key] for i in sorted(results)])
+                  for key in ("rewards", "pred", "valid", "failed")}
+        merged["errors"] = [results[i]["error"] for i in sorted(results) if results[i]["error"]]
+        return merged
+
+    def shutdown(self) -> None:
+        import ray
+
+        for w in self.workers:
+            ray.kill(w)

@@ -1,0 +1,234 @@
+"""The RL stage: one controller drives rollout workers (vLLM), the reward pool and the DeepSpeed
+learner group. One step: batch of inputs → G constrained samples each (+ a greedy decode for
+ReMax) → rewards → advantages → learner update(s) → weight sync → log."""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from rlreg.algos.config import AlgoConfig
+from rlreg.errors import ConfigError
+
+
+@dataclass
+class RLConfig(AlgoConfig):
+    enabled: bool = True
+    steps: int = 50
+    batch_size: int = 8  # inputs per step
+    group_size: int = 16  # G samples per input
+    temperature: float = 1.0
+    lr: float = 1e-4
+    ppo_epochs: int = 1  # learner updates per batch (>1 wants clip_eps)
+    sync_every: int = 1  # push weights to the engines every k steps
+    rollout_workers: int = 1
+    eval_every: int = 10  # validation RMSE every k steps (0: only at the end)
+    eval_samples: int = 16
+    checkpoint_every: int = 0  # 0: no intermediate checkpoints
+
+    def validate(self) -> "RLConfig":
+        super().validate()
+        for key in ("steps", "batch_size", "group_size", "ppo_epochs", "sync_every", "rollout_workers",
+                    "eval_samples"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"rl.{key} must be >= 1, got {getattr(self, key)}")
+        if self.group_size < 2 and self.advantage in ("grpo", "rloo", "drgrpo"):
+            raise ConfigError(f"rl.group_size must be >= 2 for rl.advantage={self.advantage}")
+        if self.temperature <= 0:
+            raise ConfigError(f"rl.temperature must be > 0, got {self.temperature}")
+        if self.lr <= 0:
+            raise ConfigError(f"rl.lr must be > 0, got {self.lr}")
+        return self
+
+    def learner_options(self) -> dict:
+        return {"temperature": self.temperature, "clip_eps": self.clip_eps, "loss_agg": self.loss_agg,
+                "kl_coef": self.kl_coef, "kl_kind": self.kl_kind, "kl_in": self.kl_in,
+                "entropy_coef": self.entropy_coef, "expert_ce_coef": self.expert_ce_coef}
+
+
+def group_stats(prefix: str, values: np.ndarray) -> dict:
+    return {f"{prefix}_mean": float(np.mean(values)), f"{prefix}_std": float(np.std(values)),
+            f"{prefix}_min": float(np.min(values)), f"{prefix}_max": float(np.max(values))}
+
+
+class RLRunner:
+    """Holds the three actor roles for one RL run and steps them."""
+
+    def __init__(self, cfg, task, start_model_dir: Path, run_dir: Path):
+        from rlreg.actors.learner import LearnerGroup
+        from rlreg.actors.reward import RewardPool
+        from rlreg.actors.rollout import RolloutGroup
+        from rlreg.train.sft import BatchCursor
+
+        self.cfg, self.task, self.run_dir = cfg, task, Path(run_dir)
+        self.start_model_dir = Path(start_model_dir)
+        rl = cfg.rl
+        self.rollout = RolloutGroup(start_model_dir, cfg.engine, cfg.model.max_positions, cfg.ray, rl.rollout_workers)
+        self.rewards = RewardPool(task.number_tokenizer.describe(), task.scaler.state_dict(), cfg.reward, cfg.ray)
+        self.learner = LearnerGroup(start_model_dir, cfg.learner, rl.lr, rl.steps * rl.ppo_epochs, cfg.ray,
+                                    seed=cfg.seed)
+        self.cursor = BatchCursor(len(task.prompts["train"]), rl.batch_size, cfg.seed + 1)
+        self.step_index = 0
+
+    # -- one step -----------------------------------------------------------------------------
+    def _rewards(self, hf_ids: np.ndarray, targets: np.ndarray) -> dict:
+        flat = hf_ids.reshape(-1, hf_ids.shape[-1])
+        number_ids = np.asarray([self.task.codec.to_number_ids(r) for r in flat])
+        return self.rewards.score(number_ids, targets) | {"number_ids": number_ids}
+
+    def step(self) -> dict:
+        from rlreg.algos.advantages import get_advantage, needs_greedy
+        from rlreg.algos.filtering import filtered_fraction, std_filter
+        from rlreg.algos.losses import kl_for_reward
+        from rlreg.algos.token_losses import expert_targets
+
+        rl, task = self.cfg.rl, self.task
+        timings = {}
+        t0 = time.monotonic()
+        idx = self.cursor.next()
+        prompts = [task.prompts["train"][i] for i in idx]
+        y = task.y["train"][idx]
+        batch_size, group = len(idx), rl.group_size
+        samples = self.rollout.sample(prompts, task.allowed_hf, group, rl.temperature)
+        greedy = self.rollout.sample(prompts, task.allowed_hf, 1, 0.0) if needs_greedy(rl.advantage) else None
+        timings["time_rollout"] = time.monotonic() - t0
+
+        t0 = time.monotonic()
+        scored = self._rewards(samples.token_ids, np.repeat(y, group))
+        rewards = scored["rewards"].reshape(batch_size, group)
+        baseline = None
+        if greedy is not None:
+            baseline = self._rewards(greedy.token_ids, y)["rewards"]
+        timings["time_reward"] = time.monotonic() - t0
+
+        flat_prompts = [p for p in prompts for _ in range(group)]
+        batch = {"prompts": flat_prompts, "tokens": scored["number_ids"],
+                 "old_logp": samples.logprobs.reshape(batch_size * group, -1)}
+        stats: dict = {}
+        if rl.kl_coef > 0 and rl.kl_in == "reward":
+            import torch
+
+            ref = self.learner.reference_logprobs(batch, rl.temperature)
+            kl = kl_for_reward(torch.as_tensor(batch["old_logp"]), torch.as_tensor(ref),
+                               torch.ones(ref.shape), rl.kl_kind, rl.kl_coef)
+            rewards = rewards - kl.reshape(batch_size, group)
+            stats["kl_reward"] = float(kl.mean())
+            if baseline is not None:
+                baseline = baseline  # the greedy decode's KL is not estimated; ReMax uses its raw reward
+        keep = np.ones(batch_size, dtype=bool)
+        if rl.std_filter_tol is not None:
+            keep = std_filter(rewards, rl.std_filter_tol)
+        stats["filtered_fraction"] = filtered_fraction(keep) if rl.std_filter_tol is not None else 0.0
+        advantages = get_advantage(rl.advantage)(rewards, baseline, rl.adv_eps)
+        rows = np.repeat(keep, group)
+        if rl.expert_ce_coef > 0:
+            batch["expert"] = expert_targets(scored["number_ids"], task.scaler.transform(np.repeat(y, group)),
+                                             task.number_tokenizer.expert_next_ids)
+        batch["advantages"] = advantages.reshape(-1)
+        batch = {k: ([v[i] for i in np.flatnonzero(rows)] if isinstance(v, list) else v[rows]) for k, v in batch.items()}
+
+        t0 = time.monotonic()
+        if rows.any():
+            for _ in range(rl.ppo_epochs):
+                stats.update(self.learner.step("rl", batch, rl.learner_options()))
+        timings["time_learn"] = time.monotonic() - t0
+
+        t0 = time.monotonic()
+        self.step_index += 1
+        if self.step_index % rl.sync_every == 0 or self.step_index == rl.steps:
+            self.sync()
+        timings["time_sync"] = time.monotonic() - t0
+
+        pred = scored["pred"]
+        stats.update(group_stats("reward", rewards))
+        stats.update(group_stats("advantage", advantages))
+        stats.update(timings)
+        stats["invalid_rate"] = float(1 - scored["valid"].mean())
+        stats["reward_failures"] = int(scored["failed"].sum())
+        stats["reward_errors"] = scored["errors"][:3]
+        finite = np.isfinite(pred)
+        stats["train_rmse_samples"] = float(np.sqrt(np.mean((pred[finite] - np.repeat(y, group)[finite]) ** 2))) \
+            if finite.any() else float("nan")
+        return stats
+
+    def sync(self) -> list[int]:
+        return self.rollout.load_weights(self.learner.publish_weights())
+
+    def validation_rmse(self) -> float:
+        from rlreg.evaluate.aggregate import aggregate
+        from rlreg.evaluate.sampling import sample_values
+
+        values, valid = sample_values(self.rollout, self.task, self.task.prompts["val"], self.cfg.rl.eval_samples,
+                                      self.cfg.eval.temperature, self.cfg.eval.chunk_inputs)
+        yhat = aggregate(values, valid, "mean")
+        ok = np.isfinite(yhat)
+        return float(np.sqrt(np.mean((yhat[ok] - self.task.y["val"][ok]) ** 2))) if ok.any() else float("nan")
+
+    # -- checkpoints ----------------------------------------------------------------------------
+    def save_checkpoint(self) -> Path:
+        ckpt_dir = self.run_dir / "rl_checkpoints"
+        tag = f"step{self.step_index:06d}"
+        self.learner.save_checkpoint(str(ckpt_dir), tag, {"step": self.step_index, "cursor": self.cursor.state()})
+        latest = ckpt_dir / "latest.json"
+        tmp = latest.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"tag": tag, "step": self.step_index}))
+        tmp.replace(latest)  # written last and atomically: a checkpoint is complete once named here
+        return ckpt_dir / tag
+
+    def restore(self) -> bool:
+        latest = self.run_dir / "rl_checkpoints" / "latest.json"
+        if not latest.is_file():
+            return False
+        tag = json.loads(latest.read_text())["tag"]
+        state = self.learner.load_checkpoint(str(latest.parent), tag)
+        self.step_index = int(state["step"])
+        self.cursor.epoch, self.cursor.offset = state["cursor"]["epoch"], state["cursor"]["offset"]
+        self.sync()
+        return True
+
+    def shutdown(self) -> None:
+        for part in (self.rollout, self.rewards, self.learner):
+            part.shutdown()
+
+
+def train_rl(runner: RLRunner, resume: bool = False) -> tuple[Path, dict]:
+    """Run the RL loop on a built runner; returns the final model directory and the last
+    validation metrics. The runner keeps its engines (already holding the final weights)."""
+    from tqdm import tqdm
+
+    from rlreg.train.export import atomic_replace_dir, copy_model_extras
+    from rlreg.train.logger import RunLogger
+
+    rl, run_dir = runner.cfg.rl, runner.run_dir
+    if resume and runner.restore():
+        print(f"rl: resumed at step {runner.step_index}")
+    logger = RunLogger(run_dir, "rl")
+    last_val: dict = {}
+    bar = tqdm(total=rl.steps, initial=runner.step_index, desc="rl", unit="step", dynamic_ncols=True)
+    try:
+        while runner.step_index < rl.steps:
+            stats = runner.step()
+            for message in stats.pop("reward_errors"):
+                bar.write(f"rl step {runner.step_index}: {message}")
+            if (rl.eval_every and runner.step_index % rl.eval_every == 0) or runner.step_index == rl.steps:
+                last_val = {"val_rmse": runner.validation_rmse()}
+                stats.update(last_val)
+            logger.log(runner.step_index, stats, "rl")
+            bar.update(1)
+            bar.set_postfix(reward=f"{stats['reward_mean']:.3f}",
+                            val_rmse=f"{last_val.get('val_rmse', float('nan')):.4g}",
+                            s_rollout=f"{stats['time_rollout']:.2f}", s_learn=f"{stats['time_learn']:.2f}")
+            if rl.checkpoint_every and runner.step_index % rl.checkpoint_every == 0:
+                runner.save_checkpoint()
+    finally:
+        bar.close()
+        logger.close()
+    final_dir = run_dir / "rl_model"
+    tmp = final_dir.with_name(final_dir.name + ".tmp")
+    runner.learner.save_model(str(tmp))
+    copy_model_extras(runner.start_model_dir, tmp)
+    atomic_replace_dir(tmp, final_dir)
+    return final_dir, last_val
