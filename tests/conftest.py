@@ -38,3 +38,14 @@ def engine(tiny_task, tiny_cfg):
     from rlreg.model.engine import NumberEngine
 
     return NumberEngine(tiny_task.model_dir, tiny_cfg.engine, tiny_cfg.model.max_positions)
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One local Ray session for every test that runs actors (ray.init costs 4-8 s here)."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()

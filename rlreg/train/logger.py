@@ -25,3 +25,14 @@ class RunLogger:
     def close(self) -> None:
         self._file.close()
         self._tb.close()
+
+
+def progress(total: int, desc: str, initial: int = 0):
+    """tqdm bar; redrawn rarely when output is not a terminal (CI logs, `ray job logs`)."""
+    import sys
+
+    from tqdm import tqdm
+
+    interactive = sys.stderr.isatty()
+    return tqdm(total=total, initial=initial, desc=desc, unit="step", dynamic_ncols=True,
+                mininterval=0.2 if interactive else 30.0)

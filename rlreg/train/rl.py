@@ -197,17 +197,15 @@ class RLRunner:
 def train_rl(runner: RLRunner, resume: bool = False) -> tuple[Path, dict]:
     """Run the RL loop on a built runner; returns the final model directory and the last
     validation metrics. The runner keeps its engines (already holding the final weights)."""
-    from tqdm import tqdm
-
     from rlreg.train.export import atomic_replace_dir, copy_model_extras
-    from rlreg.train.logger import RunLogger
+    from rlreg.train.logger import RunLogger, progress
 
     rl, run_dir = runner.cfg.rl, runner.run_dir
     if resume and runner.restore():
         print(f"rl: resumed at step {runner.step_index}")
     logger = RunLogger(run_dir, "rl")
     last_val: dict = {}
-    bar = tqdm(total=rl.steps, initial=runner.step_index, desc="rl", unit="step", dynamic_ncols=True)
+    bar = progress(rl.steps, "rl", initial=runner.step_index)
     try:
         while runner.step_index < rl.steps:
             stats = runner.step()

@@ -65,11 +65,9 @@ def sft_options(cfg: SFTConfig) -> dict:
 
 
 def run_sft(cfg, task, run_dir: Path) -> Path:
-    from tqdm import tqdm
-
     from rlreg.actors.learner import LearnerGroup
     from rlreg.train.export import atomic_replace_dir, copy_model_extras
-    from rlreg.train.logger import RunLogger
+    from rlreg.train.logger import RunLogger, progress
 
     sft = cfg.sft
     best_dir = Path(run_dir) / "sft_model"
@@ -79,9 +77,10 @@ def run_sft(cfg, task, run_dir: Path) -> Path:
     cursor = BatchCursor(len(task.prompts["train"]), sft.batch_size, cfg.seed)
     val_batch = {"prompts": task.prompts["val"], "tokens": task.target_tokens["val"]}
     best, stale = float("inf"), 0
-    bar = tqdm(range(sft.steps), desc="sft", unit="step", dynamic_ncols=True)
+    bar = progress(sft.steps, "sft")
     try:
-        for step in bar:
+        for step in range(sft.steps):
+            bar.update(1)
             idx = cursor.next()
             stats = group.step("sft", {"prompts": [task.prompts["train"][i] for i in idx],
                                        "tokens": task.target_tokens["train"][idx]}, options)
