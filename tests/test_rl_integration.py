@@ -26,7 +26,7 @@ def runner(tiny_task, tiny_cfg, ray_session, tmp_path_factory):
 
 def _engine_vs_learner(runner, tiny_task, temperature=1.0):
     prompts = tiny_task.prompts["val"][:4]
-    samples = runner.rollout.sample(prompts, tiny_task.allowed_hf, 3, temperature)
+    samples = runner.rollout.sample({"prompts": prompts}, tiny_task.allowed_hf, 3, temperature)
     flat = samples.token_ids.reshape(-1, samples.token_ids.shape[-1])
     batch = {"prompts": [p for p in prompts for _ in range(3)],
              "tokens": np.asarray([tiny_task.codec.to_number_ids(r) for r in flat])}

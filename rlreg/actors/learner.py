@@ -15,6 +15,7 @@ import numpy as np
 
 from rlreg import device
 from rlreg.errors import ConfigError
+from rlreg.model.encoder import ENCODER_PREFIX
 
 
 @dataclass
@@ -65,7 +66,6 @@ class LearnerRank:
         os.environ.update(MASTER_ADDR=master_addr, MASTER_PORT=str(master_port), RANK=str(rank),
                           WORLD_SIZE=str(world_size), LOCAL_RANK="0")
         import deepspeed
-        from transformers import AutoModelForCausalLM
 
         from rlreg.model.build import ModelMeta
         from rlreg.model.logprobs import NumberHead
@@ -79,7 +79,7 @@ class LearnerRank:
         self.meta = ModelMeta.load(model_dir)
         self.number_tokenizer = build_number_tokenizer(self.meta.number_tokenizer)
         self.device = torch.device(device.device_name())
-        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+        model = load_policy(model_dir, self.meta)
         self.head = NumberHead(self.meta.number_token_ids, self.number_tokenizer.allowed, self.device)
         # A client torch optimizer: DeepSpeed's own AdamW would JIT-build fused_adam (~150 s).
         optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=cfg.weight_decay,
@@ -137,20 +137,31 @@ class LearnerRank:
             logp, _ = policy_logprobs(self, batch, temperature)
         return logp.cpu().numpy()
 
+    def greedy(self, batch: dict) -> np.ndarray:
+        """Constrained greedy decode by the learner's current model: number-token indices [N, L]."""
+        import torch
+
+        from rlreg.model.logprobs import greedy_numbers
+
+        features = batch.get("features")
+        if features is not None:
+            features = torch.as_tensor(np.asarray(features), dtype=torch.float32, device=self.device)
+        self.engine.eval()
+        with torch.no_grad():
+            return greedy_numbers(self.engine, self.head, batch["prompts"], self.meta.pad_id, features).cpu().numpy()
+
     def reference_logprobs(self, batch: dict, temperature: float = 1.0) -> np.ndarray:
         """logp [N, L] of the given tokens under the frozen starting model (for KL terms)."""
         import torch
-        from transformers import AutoModelForCausalLM
 
-        from rlreg.model.logprobs import answer_logits, gather_tokens
+        from rlreg.train.objectives import policy_logprobs
 
         if self._reference is None:
-            self._reference = AutoModelForCausalLM.from_pretrained(self.model_dir, dtype=torch.float32)
+            self._reference = load_policy(self.model_dir, self.meta)
             self._reference.to(self.device).eval().requires_grad_(False)
-        tokens = torch.as_tensor(np.asarray(batch["tokens"]), dtype=torch.long, device=self.device)
         with torch.no_grad():
-            logits = answer_logits(self._reference, batch["prompts"], self.head.token_ids[tokens], self.meta.pad_id)
-            return gather_tokens(self.head.logprobs(logits, temperature), tokens).cpu().numpy()
+            logp, _ = policy_logprobs(self, batch, temperature, model=self._reference)
+        return logp.cpu().numpy()
 
     def publish_weights(self) -> dict[str, np.ndarray] | None:
         """Full weights under HF names on rank 0 (every rank must call: ZeRO-3 gathers collectively)."""
@@ -164,18 +175,27 @@ class LearnerRank:
         with gather, torch.no_grad():
             if self.rank != 0:
                 return None
-            return {name: tensor.detach().float().cpu().numpy().copy()
-                    for name, tensor in module.state_dict().items()}
+            lm, encoder = module.split_state(module.state_dict())
+            out = {name: t.detach().float().cpu().numpy().copy() for name, t in lm.items()}
+            out.update({ENCODER_PREFIX + name: t.detach().float().cpu().numpy().copy() for name, t in encoder.items()})
+            return out
 
     def save_model(self, out_dir: str) -> None:
-        """HF directory (safetensors) from rank 0; every rank must call (ZeRO-3 gather)."""
+        """HF directory (safetensors, plus the feature encoder for vector input) from rank 0;
+        every rank must call (ZeRO-3 gather)."""
         weights = self.publish_weights()
         if self.rank == 0:
             import torch
 
+            from rlreg.model.encoder import encoder_spec, save_encoder
+
             module = self.engine.module
-            module.save_pretrained(out_dir, state_dict={k: torch.from_numpy(v) for k, v in weights.items()},
-                                   safe_serialization=True)
+            lm = {k: torch.from_numpy(v) for k, v in weights.items() if not k.startswith(ENCODER_PREFIX)}
+            module.lm.save_pretrained(out_dir, state_dict=lm, safe_serialization=True)
+            if module.encoder is not None:
+                encoder = {k[len(ENCODER_PREFIX):]: torch.from_numpy(v) for k, v in weights.items()
+                           if k.startswith(ENCODER_PREFIX)}
+                save_encoder(module.encoder, encoder_spec(self.model_dir), out_dir, state=encoder)
 
     def save_checkpoint(self, ckpt_dir: str, tag: str, client_state: dict) -> None:
         self.engine.save_checkpoint(ckpt_dir, tag=tag, client_state=client_state)
@@ -183,6 +203,17 @@ class LearnerRank:
     def load_checkpoint(self, ckpt_dir: str, tag: str) -> dict:
         _, client_state = self.engine.load_checkpoint(ckpt_dir, tag=tag)
         return client_state or {}
+
+
+def load_policy(model_dir: str, meta):
+    """The trainable unit: the HF causal LM plus, for vector input, its feature encoder."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from rlreg.model.encoder import PolicyModel, load_encoder
+
+    lm = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    return PolicyModel(lm, load_encoder(model_dir), meta.feature_id)
 
 
 class _null_context:
@@ -266,6 +297,10 @@ class LearnerGroup:
         with torch.no_grad():
             logits = answer_logits(self._reference, batch["prompts"], self.head.token_ids[tokens], self.meta.pad_id)
             return gather_tokens(self.head.logprobs(logits, temperature), tokens).cpu().numpy()
+
+    def greedy(self, batch: dict) -> np.ndarray:
+        shards = self._shards(batch)
+        return np.concatenate(self._call_all("greedy", [(s,) for s in shards], "learner greedy decode"))
 
     def reference_logprobs(self, batch: dict, temperature: float = 1.0) -> np.ndarray:
         shards = self._shards(batch)

@@ -8,7 +8,10 @@ import numpy as np
 import ray
 
 from rlreg import device
+from rlreg.model.encoder import ENCODER_PREFIX
 from rlreg.model.engine import EngineConfig, NumberEngine, Samples
+
+EMBED_KEY = "model.embed_tokens.weight"  # Llama's token embeddings under HF names
 
 
 class RolloutWorker:
@@ -17,16 +20,44 @@ class RolloutWorker:
         device.configure_torch_threads(torch_threads or None)
         self.engine = NumberEngine(model_dir, engine_cfg, max_model_len)
         self.version = 0  # how many weight updates this engine has taken
+        self.encoder, self.embed_matrix, self.feature_id = None, None, None
+        if self.engine.takes_embeddings:
+            # Vector input: this actor turns features into prompt embeddings with its own copies
+            # of the encoder and the token-embedding matrix, both refreshed on every weight update.
+            from safetensors import safe_open
+
+            from rlreg.model.build import ModelMeta
+            from rlreg.model.encoder import load_encoder
+
+            self.encoder = load_encoder(model_dir)
+            self.feature_id = ModelMeta.load(model_dir).feature_id
+            with safe_open(str(Path(model_dir, "model.safetensors")), "pt") as f:
+                self.embed_matrix = f.get_tensor(EMBED_KEY)
 
     def ready(self) -> bool:
         return True
 
-    def sample(self, prompts: list[list[int]], allowed: list[list[int]], n: int, temperature: float) -> Samples:
-        return self.engine.sample(prompts, allowed, n, temperature)
+    def sample(self, prompts: list[list[int]], allowed: list[list[int]], n: int, temperature: float,
+               features: np.ndarray | None = None) -> Samples:
+        embeddings = None
+        if self.encoder is not None:
+            from rlreg.model.encoder import prompt_embeddings
+
+            if features is None:
+                raise ValueError("this model takes vector input: sample() needs features")
+            embeddings = prompt_embeddings(self.embed_matrix, self.encoder, prompts, features, self.feature_id)
+        return self.engine.sample(prompts, allowed, n, temperature, embeddings)
 
     def load_weights(self, named_arrays: dict) -> int:
         """Weights arrive through the object store (zero-copy numpy); returns the engine's weight version."""
-        self.engine.load_weights(named_arrays)
+        import torch
+
+        lm = {k: v for k, v in named_arrays.items() if not k.startswith(ENCODER_PREFIX)}
+        self.engine.load_weights(lm)
+        if self.encoder is not None:
+            self.encoder.load_state_dict({k[len(ENCODER_PREFIX):]: torch.as_tensor(v)
+                                          for k, v in named_arrays.items() if k.startswith(ENCODER_PREFIX)})
+            self.embed_matrix = torch.as_tensor(np.array(lm[EMBED_KEY]))
         self.version += 1
         return self.version
 
@@ -49,13 +80,17 @@ class RolloutGroup:
         get_with_timeout([w.ready.remote() for w in self.workers], ray_cfg.actor_start_timeout_s,
                          f"starting {workers} rollout worker(s) (vLLM engine)")
 
-    def sample(self, prompts: list[list[int]], allowed: list[list[int]], n: int, temperature: float,
+    def sample(self, inputs: dict, allowed: list[list[int]], n: int, temperature: float,
                chunk: int = 256) -> Samples:
-        """Split the prompts into chunks dealt round-robin to the workers; results in input order."""
+        """inputs: {"prompts": [...], optional "features": [N, f]} (Task.inputs). Chunks are dealt
+        round-robin to the workers; results come back in input order."""
         from rlreg.actors.session import get_with_timeout
 
+        prompts, features = inputs["prompts"], inputs.get("features")
         starts = list(range(0, len(prompts), chunk))
-        refs = [self.workers[i % len(self.workers)].sample.remote(prompts[a : a + chunk], allowed, n, temperature)
+        refs = [self.workers[i % len(self.workers)].sample.remote(
+                    prompts[a : a + chunk], allowed, n, temperature,
+                    None if features is None else features[a : a + chunk])
                 for i, a in enumerate(starts)]
         parts = get_with_timeout(refs, self.ray_cfg.call_timeout_s, "rollout sampling")
         return Samples(token_ids=np.concatenate([p.token_ids for p in parts]),

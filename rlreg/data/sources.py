@@ -6,6 +6,7 @@ from typing import Callable
 from rlreg.data.builtin import load_builtin
 from rlreg.data.config import DataConfig
 from rlreg.data.dataset import Dataset
+from rlreg.data.memory import load_arrays
 from rlreg.data.sqlcard import load_sqlcard
 from rlreg.data.tabular import load_table
 from rlreg.data.uci import load_uci
@@ -51,3 +52,4 @@ register_source("csv")(load_table)
 register_source("file")(load_table)  # same loader: the extension picks csv / tsv / parquet
 register_source("sqlcard")(load_sqlcard)
 register_source("sklearn")(load_builtin)
+register_source("array")(load_arrays)  # arrays handed in by Python code (RLRegressor)

@@ -26,10 +26,10 @@ class EvalConfig:
             raise ConfigError(f"eval.aggregation must be auto, mean, median or trimmed_mean, got {self.aggregation!r}")
 
 
-def sample_values(rollout, task, prompts: list[list[int]], k: int, temperature: float,
+def sample_values(rollout, task, split: str, k: int, temperature: float,
                   chunk: int) -> tuple[np.ndarray, np.ndarray]:
-    """values [N, K] in original units and validity [N, K], sampled through a RolloutGroup."""
-    samples = rollout.sample(prompts, task.allowed_hf, k, temperature, chunk=chunk)
+    """values [N, K] in original units and validity [N, K] for a split, sampled through a RolloutGroup."""
+    samples = rollout.sample(task.inputs(split), task.allowed_hf, k, temperature, chunk=chunk)
     return task.decode(samples.token_ids)
 
 
@@ -38,7 +38,7 @@ def evaluate_model(rollout, task, eval_cfg: EvalConfig, out_dir: Path | None = N
     from rlreg.evaluate.metrics import evaluate_samples
 
     results: dict = {}
-    drawn = {split: sample_values(rollout, task, task.prompts[split], eval_cfg.samples, eval_cfg.temperature,
+    drawn = {split: sample_values(rollout, task, split, eval_cfg.samples, eval_cfg.temperature,
                                   eval_cfg.chunk_inputs) for split in ("val", "test")}
     how = eval_cfg.aggregation
     if how == "auto":

@@ -15,6 +15,8 @@ META_FILE = "rlreg_meta.json"
 PAD, BOS, EOS, UNK = "<pad>", "<s>", "</s>", "<unk>"
 # Ends every prompt: the model learns that number tokens follow it.
 ANSWER = "<answer>"
+# Placeholder rows of a vector-input prompt, overwritten by the feature encoder's soft tokens.
+FEATURE = "<feat>"
 
 
 @dataclass
@@ -28,6 +30,7 @@ class ModelMeta:
     pad_id: int
     answer_id: int
     max_positions: int
+    feature_id: int | None = None
 
     def save(self, model_dir: str | Path) -> None:
         Path(model_dir, META_FILE).write_text(json.dumps(self.__dict__, indent=1))
@@ -55,7 +58,7 @@ def train_prompt_tokenizer(corpus: Sequence[str], vocab_size: int, number_tokens
     tok.train_from_iterator(list(corpus) or [" "], trainer=trainer)
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=BOS, eos_token=EOS, pad_token=PAD,
                                    unk_token=UNK)
-    fast.add_special_tokens({"additional_special_tokens": [ANSWER, *number_tokens]})
+    fast.add_special_tokens({"additional_special_tokens": [ANSWER, FEATURE, *number_tokens]})
     return fast
 
 
@@ -83,7 +86,7 @@ def build_model_dir(out_dir: str | Path, cfg: ModelConfig, number_tokenizer, cor
         number_tokenizer=number_tokenizer.describe(),
         number_token_ids=[ids(t) for t in number_tokenizer.tokens],
         bos_id=ids(BOS), eos_id=ids(EOS), pad_id=ids(PAD), answer_id=ids(ANSWER),
-        max_positions=cfg.max_positions,
+        max_positions=cfg.max_positions, feature_id=ids(FEATURE),
     ).save(out_dir)
     return out_dir
 

@@ -21,7 +21,8 @@ class ModelConfig:
     prompt_vocab: int = 512  # BPE vocabulary trained on the train prompts (before number tokens)
     dtype: str = "float32"
     seed: int = 0
-    init_from: str | None = None  # an existing built model directory to start from
+    soft_tokens: int = 4  # vector input (data.input=vector): prompt embeddings made by the MLP encoder
+    encoder_hidden: int = 256
 
     def validate(self) -> None:
         for key in ("layers", "hidden", "heads", "max_positions"):
@@ -38,5 +39,7 @@ class ModelConfig:
             raise ConfigError(f"model.heads ({self.heads}) must be divisible by model.kv_heads ({kv})")
         if self.dtype not in ("float32", "bfloat16", "float16"):
             raise ConfigError(f"model.dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
+        if self.soft_tokens < 1 or self.encoder_hidden < 1:
+            raise ConfigError("model.soft_tokens and model.encoder_hidden must be >= 1")
         if not 64 <= self.prompt_vocab <= 65536:
             raise ConfigError(f"model.prompt_vocab must be in 64..65536, got {self.prompt_vocab}")

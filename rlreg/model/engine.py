@@ -50,8 +50,11 @@ class NumberEngine:
         from vllm import LLM
 
         from rlreg.model.constrained import PROCESSOR_FQCN
+        from rlreg.model.encoder import encoder_spec
 
         self.cfg = cfg
+        # Vector input: prompts arrive as embeddings made by the feature encoder.
+        self.takes_embeddings = encoder_spec(model_dir) is not None
         self.model_dir = str(model_dir)
         dtype = cfg.dtype
         if dtype == "model":
@@ -65,6 +68,7 @@ class NumberEngine:
             kv_cache_memory_bytes=cfg.kv_cache_memory_bytes, block_size=cfg.block_size,
             enable_prefix_caching=cfg.enable_prefix_caching, max_num_seqs=cfg.max_num_seqs,
             logprobs_mode="processed_logprobs", logits_processors=[PROCESSOR_FQCN],
+            enable_prompt_embeds=self.takes_embeddings,
         )
 
     def _worker(self):
@@ -88,10 +92,11 @@ class NumberEngine:
         self.llm.reset_prefix_cache()
 
     def sample(self, prompts: Sequence[Sequence[int]], allowed: list[list[int]], n: int,
-               temperature: float) -> Samples:
-        """n constrained completions of len(allowed) tokens per prompt; temperature 0 is greedy."""
+               temperature: float, embeddings: Sequence | None = None) -> Samples:
+        """n constrained completions of len(allowed) tokens per prompt; temperature 0 is greedy.
+        `embeddings` ([T, H] tensors, one per prompt) replace the token ids for vector input."""
         from vllm import SamplingParams
-        from vllm.inputs import TokensPrompt
+        from vllm.inputs import EmbedsPrompt, TokensPrompt
 
         from rlreg.model.constrained import TABLE_KEY
 
@@ -101,8 +106,11 @@ class NumberEngine:
             logprobs=0, detokenize=False, extra_args={TABLE_KEY: allowed},
         )
         started = time.monotonic()
-        outputs = self.llm.generate([TokensPrompt(prompt_token_ids=list(p)) for p in prompts], params,
-                                    use_tqdm=False)
+        if embeddings is not None:
+            requests = [EmbedsPrompt(prompt_embeds=e) for e in embeddings]
+        else:
+            requests = [TokensPrompt(prompt_token_ids=list(p)) for p in prompts]
+        outputs = self.llm.generate(requests, params, use_tqdm=False)
         if time.monotonic() - started > self.cfg.timeout_s:
             # The in-process engine cannot be interrupted mid-call; the caller's Ray timeout cuts
             # off a hung actor. Here we at least refuse to pass off a too-slow call as healthy.

@@ -41,12 +41,14 @@ def pack_sequences(prompts: Sequence[Sequence[int]], completions: torch.Tensor, 
     return input_ids, attention, predict_at
 
 
-def answer_logits(model, prompts: Sequence[Sequence[int]], completions: torch.Tensor, pad_id: int) -> torch.Tensor:
+def answer_logits(model, prompts: Sequence[Sequence[int]], completions: torch.Tensor, pad_id: int,
+                  features: torch.Tensor | None = None) -> torch.Tensor:
     """Plain forward over each [prompt + completion]; returns logits [N, L, vocab] that predict
-    the L completion tokens."""
+    the L completion tokens. `features` go to the policy's encoder (vector input)."""
     device = next(model.parameters()).device
     input_ids, attention, predict_at = pack_sequences(prompts, completions.cpu(), pad_id)
-    out = model(input_ids=input_ids.to(device), attention_mask=attention.to(device), use_cache=False)
+    extra = {} if features is None else {"features": features}
+    out = model(input_ids=input_ids.to(device), attention_mask=attention.to(device), use_cache=False, **extra)
     rows = torch.arange(len(prompts), device=device).unsqueeze(1)
     return out.logits[rows, predict_at.to(device)]
 
@@ -54,3 +56,18 @@ def answer_logits(model, prompts: Sequence[Sequence[int]], completions: torch.Te
 def gather_tokens(logp: torch.Tensor, number_index: torch.Tensor) -> torch.Tensor:
     """logp [N, L, V] and chosen number-token indices [N, L] → [N, L]."""
     return logp.gather(-1, number_index.unsqueeze(-1)).squeeze(-1)
+
+
+def greedy_numbers(model, head: NumberHead, prompts: Sequence[Sequence[int]], pad_id: int,
+                   features: torch.Tensor | None = None) -> torch.Tensor:
+    """Constrained greedy decode on the learner's own model: number-token indices [N, L].
+    One full forward per position (no KV cache): the completions are a handful of tokens."""
+    n = len(prompts)
+    chosen = torch.zeros((n, 0), dtype=torch.long, device=head.token_ids.device)
+    for position in range(head.length):
+        # Predict the next token by scoring a dummy token at `position` and reading its logits.
+        probe = torch.cat([chosen, torch.zeros((n, 1), dtype=torch.long, device=chosen.device)], dim=1)
+        logits = answer_logits(model, prompts, head.token_ids[probe], pad_id, features)[:, position : position + 1]
+        step_logp = (logits.float().index_select(-1, head.token_ids) + head.bias[position]).squeeze(1)
+        chosen = torch.cat([chosen, step_logp.argmax(-1, keepdim=True)], dim=1)
+    return chosen

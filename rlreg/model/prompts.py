@@ -37,6 +37,15 @@ class PromptCodec:
             out.append(ids)
         return out
 
+    def vector_prompt(self) -> list[int]:
+        """[bos, <feat> × soft_tokens, answer]: the encoder's soft tokens replace the placeholders."""
+        from rlreg.model.encoder import encoder_spec
+
+        spec = encoder_spec(self.model_dir)
+        if spec is None or self.meta.feature_id is None:
+            raise DataError(f"{self.model_dir} has no feature encoder; it cannot take vector input")
+        return [self.meta.bos_id, *[self.meta.feature_id] * spec["soft_tokens"], self.meta.answer_id]
+
     def to_number_ids(self, hf_ids: Sequence[int]) -> list[int]:
         """HF token ids → number-tokenizer indices; a non-number token becomes -1 (decodes invalid)."""
         return [self._hf_to_number.get(int(t), -1) for t in hf_ids]

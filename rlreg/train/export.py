@@ -14,6 +14,9 @@ def copy_model_extras(src: str | Path, dst: str | Path) -> None:
     for path in src.iterdir():
         if path.is_file() and path.name not in WEIGHT_FILES and not path.name.endswith(".safetensors"):
             shutil.copy2(path, dst / path.name)
+        elif path.is_dir() and not (dst / path.name).exists():
+            # e.g. feature_encoder/: the learner writes the trained encoder there itself
+            shutil.copytree(path, dst / path.name)
 
 
 def atomic_replace_dir(tmp: Path, final: Path) -> None:

@@ -30,11 +30,16 @@ def token_values(number_tokenizer) -> torch.Tensor:
     return torch.as_tensor(values, dtype=torch.float32)
 
 
-def policy_logprobs(rank, batch: dict, temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """(logp of the given tokens [N, L], full constrained logp [N, L, V]) under the current model."""
+def policy_logprobs(rank, batch: dict, temperature: float = 1.0, model=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logp of the given tokens [N, L], full constrained logp [N, L, V]) under the current model
+    (or `model`, e.g. the frozen reference)."""
     tokens = torch.as_tensor(np.asarray(batch["tokens"]), dtype=torch.long, device=rank.device)
     hf_tokens = rank.head.token_ids[tokens]
-    logits = answer_logits(rank.engine, batch["prompts"], hf_tokens, rank.meta.pad_id)
+    features = batch.get("features")
+    if features is not None:
+        features = torch.as_tensor(np.asarray(features), dtype=torch.float32, device=rank.device)
+    logits = answer_logits(model if model is not None else rank.engine, batch["prompts"], hf_tokens,
+                           rank.meta.pad_id, features)
     logp_full = rank.head.logprobs(logits, temperature)
     return gather_tokens(logp_full, tokens), logp_full
 

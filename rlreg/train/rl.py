@@ -89,11 +89,11 @@ class RLRunner:
         timings = {}
         t0 = time.monotonic()
         idx = self.cursor.next()
-        prompts = [task.prompts["train"][i] for i in idx]
+        inputs = task.inputs("train", idx)
         y = task.y["train"][idx]
         batch_size, group = len(idx), rl.group_size
-        samples = self.rollout.sample(prompts, task.allowed_hf, group, rl.temperature)
-        greedy = self.rollout.sample(prompts, task.allowed_hf, 1, 0.0) if needs_greedy(rl.advantage) else None
+        samples = self.rollout.sample(inputs, task.allowed_hf, group, rl.temperature)
+        greedy = self.rollout.sample(inputs, task.allowed_hf, 1, 0.0) if needs_greedy(rl.advantage) else None
         timings["time_rollout"] = time.monotonic() - t0
 
         t0 = time.monotonic()
@@ -104,9 +104,10 @@ class RLRunner:
             baseline = self._rewards(greedy.token_ids, y)["rewards"]
         timings["time_reward"] = time.monotonic() - t0
 
-        flat_prompts = [p for p in prompts for _ in range(group)]
-        batch = {"prompts": flat_prompts, "tokens": scored["number_ids"],
+        batch = {"prompts": [p for p in inputs["prompts"] for _ in range(group)], "tokens": scored["number_ids"],
                  "old_logp": samples.logprobs.reshape(batch_size * group, -1)}
+        if "features" in inputs:
+            batch["features"] = np.repeat(inputs["features"], group, axis=0)
         stats: dict = {}
         if rl.kl_coef > 0 and rl.kl_in == "reward":
             import torch
@@ -161,7 +162,7 @@ class RLRunner:
         from rlreg.evaluate.aggregate import aggregate
         from rlreg.evaluate.sampling import sample_values
 
-        values, valid = sample_values(self.rollout, self.task, self.task.prompts["val"], self.cfg.rl.eval_samples,
+        values, valid = sample_values(self.rollout, self.task, "val", self.cfg.rl.eval_samples,
                                       self.cfg.eval.temperature, self.cfg.eval.chunk_inputs)
         yhat = aggregate(values, valid, "mean")
         ok = np.isfinite(yhat)
@@ -218,7 +219,7 @@ def train_rl(runner: RLRunner, resume: bool = False) -> tuple[Path, dict]:
             bar.update(1)
             bar.set_postfix(reward=f"{stats['reward_mean']:.3f}",
                             val_rmse=f"{last_val.get('val_rmse', float('nan')):.4g}",
-                            s_rollout=f"{stats['time_rollout']:.2f}", s_learn=f"{stats['time_learn']:.2f}")
+                            s_rollout=f"{stats['time_rollout']:.2f}", s_learn=f"{stats['time_learn']:.2f}", refresh=False)
             if rl.checkpoint_every and runner.step_index % rl.checkpoint_every == 0:
                 runner.save_checkpoint()
     finally:

@@ -22,10 +22,15 @@ class SFTConfig:
     ntl_weight: float = 0.3
     dist2_sigma: float = 1.0
     eval_every: int = 50
-    patience: int = 4  # evaluations without a better validation loss before stopping
+    patience: int = 4  # evaluations without a better validation score before stopping
+    # Model selection: "rmse" = greedy-decode RMSE on validation (the token CE averages over all
+    # positions, and the low-order digits' noise hides whether the leading digits still improve).
+    select_by: str = "rmse"
     init_from: str | None = None  # a model directory to start from instead of training
 
     def validate(self) -> None:
+        if self.select_by not in ("rmse", "loss"):
+            raise ConfigError(f"sft.select_by must be rmse or loss, got {self.select_by!r}")
         if self.loss not in LOSSES:
             raise ConfigError(f"sft.loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
         for key in ("steps", "batch_size", "eval_every", "patience"):
@@ -75,23 +80,26 @@ def run_sft(cfg, task, run_dir: Path) -> Path:
     logger = RunLogger(run_dir, "sft")
     options = sft_options(sft)
     cursor = BatchCursor(len(task.prompts["train"]), sft.batch_size, cfg.seed)
-    val_batch = {"prompts": task.prompts["val"], "tokens": task.target_tokens["val"]}
+    val_batch = {**task.inputs("val"), "tokens": task.target_tokens["val"]}
     best, stale = float("inf"), 0
     bar = progress(sft.steps, "sft")
     try:
         for step in range(sft.steps):
             bar.update(1)
             idx = cursor.next()
-            stats = group.step("sft", {"prompts": [task.prompts["train"][i] for i in idx],
-                                       "tokens": task.target_tokens["train"][idx]}, options)
+            stats = group.step("sft", {**task.inputs("train", idx), "tokens": task.target_tokens["train"][idx]},
+                               options)
             logger.log(step, stats, "train")
-            bar.set_postfix(loss=f"{stats['loss']:.4f}", best_val=f"{best:.4f}")
+            bar.set_postfix(loss=f"{stats['loss']:.4f}", best_val=f"{best:.4g}", refresh=False)
             if (step + 1) % sft.eval_every and step + 1 != sft.steps:
                 continue
             val = group.evaluate("sft", val_batch, options)
+            greedy_values, _ = task.decode(task.hf_tokens(group.greedy(val_batch)))
+            val["greedy_rmse"] = float(np.sqrt(np.nanmean((greedy_values - task.y["val"]) ** 2)))
             logger.log(step, val, "val")
-            if val["loss"] < best - 1e-5:
-                best, stale = val["loss"], 0
+            score = val["greedy_rmse"] if sft.select_by == "rmse" else val["loss"]
+            if score < best - 1e-9:
+                best, stale = score, 0
                 tmp = best_dir.with_name(best_dir.name + ".tmp")
                 group.save_model(str(tmp))
                 copy_model_extras(task.model_dir, tmp)
@@ -99,7 +107,7 @@ def run_sft(cfg, task, run_dir: Path) -> Path:
             else:
                 stale += 1
                 if stale >= sft.patience:
-                    bar.write(f"sft: early stop at step {step + 1} (validation loss {best:.4f})")
+                    bar.write(f"sft: early stop at step {step + 1} (best validation {sft.select_by} {best:.4g})")
                     break
     finally:
         bar.close()
