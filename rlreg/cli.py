@@ -46,6 +46,34 @@ def _cmd_sft(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_tune(args: argparse.Namespace) -> int:
+    from rlreg.config import load_config
+    from rlreg.tune import run_tune
+
+    run_tune(load_config(args.config, args.overrides))
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from rlreg.evaluate.cli_eval import run_eval
+
+    run_eval(args.run_dir, split=args.split, samples=args.samples, baselines=args.baselines,
+             overrides=args.overrides)
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from rlreg.predict import run_predict
+
+    out = run_predict(args.checkpoint, args.input, args.output, samples=args.samples, alpha=args.alpha,
+                      aggregation=args.aggregation, temperature=args.temperature, overrides=args.overrides)
+    print(f"wrote {out['rows']} rows to {out['output']} ({out['samples']} samples each, "
+          f"{out['aggregation']} from {out['aggregation_from']}, {1 - out['alpha']:.0%} intervals)")
+    if out["rows_without_valid"]:
+        print(f"warning: {out['rows_without_valid']} rows had no valid sample (empty prediction)", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rlreg", description="Decoding-based regression trained by RL on Ray.",
                                      epilog=EPILOG)
@@ -71,11 +99,51 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("overrides", nargs="*")
     train.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint")
     train.set_defaults(func=_cmd_train)
+
+    tune = sub.add_parser("tune", help="Ray Tune sweep over the config's tune.space (each trial a full RL run)",
+                          epilog="The tune: section of CONFIG holds the space, e.g. tune.space: {reward.fn: {grid: "
+                                 "[neg_mse, neg_abs]}}. Writes results.csv, best.yaml and plots. " + EPILOG)
+    tune.add_argument("config")
+    tune.add_argument("overrides", nargs="*")
+    tune.set_defaults(func=_cmd_tune)
+
+    ev = sub.add_parser("eval", help="evaluate a run's checkpoint again by sampling (any split, any K)",
+                        epilog="Writes RUN_DIR/eval_<split>.json and plots; metrics.json is left as it is. "
+                               "Overrides: e.g. eval.aggregation=median eval.temperature=0.7")
+    ev.add_argument("run_dir", metavar="RUN_DIR")
+    ev.add_argument("overrides", nargs="*", help="dotted.key=value")
+    ev.add_argument("--samples", type=int, default=None, metavar="K", help="samples per input (default: the run's eval.samples)")
+    ev.add_argument("--split", choices=("test", "val", "train"), default="test")
+    ev.add_argument("--baselines", action="store_true", help="add HistGradientBoosting and Ridge on the same split")
+    ev.set_defaults(func=_cmd_eval)
+
+    pr = sub.add_parser("predict", help="predict new rows (CSV / JSONL) with a checkpoint, with intervals",
+                        epilog="Input: the checkpoint's feature columns by name (a 'text' column for text sources); "
+                               "other columns are copied to the output. Output (CSV or JSONL by extension): those "
+                               "columns + prediction, lower, upper, samples_valid. Overrides: engine.* / ray.* only.")
+    pr.add_argument("checkpoint", metavar="CHECKPOINT", help="a checkpoint directory, e.g. RUN_DIR/checkpoint")
+    pr.add_argument("overrides", nargs="*", help="dotted.key=value (engine.*, ray.*, eval.chunk_inputs)")
+    pr.add_argument("--input", required=True, metavar="FILE", help=".csv or .jsonl")
+    pr.add_argument("--output", required=True, metavar="FILE", help=".csv or .jsonl (written atomically)")
+    pr.add_argument("--samples", type=int, default=32, metavar="K", help="samples per row (default 32)")
+    pr.add_argument("--alpha", type=float, default=0.1, help="interval: central 1-alpha of the samples (default 0.1)")
+    pr.add_argument("--aggregation", choices=("mean", "median", "trimmed_mean"), default=None,
+                    help="default: the one chosen on validation for this checkpoint, else mean")
+    pr.add_argument("--temperature", type=float, default=None, help="default: the run's eval.temperature")
+    pr.set_defaults(func=_cmd_predict)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # argparse stops filling a positional list at the first option, so `key=value` settings written
+    # after options (`rlreg predict CKPT --input a.csv --output b.csv engine.seed=1`) arrive here.
+    if extra and isinstance(getattr(args, "overrides", None), list) and all(
+            "=" in e and not e.startswith("-") for e in extra):
+        args.overrides += extra
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return args.func(args)
     except RlregError as err:

@@ -20,6 +20,7 @@ from rlreg.errors import ConfigError
 from rlreg.model.config import ModelConfig
 from rlreg.model.engine import EngineConfig
 from rlreg.numbers.config import NumbersConfig
+from rlreg.tune_space import TuneConfig
 
 
 @dataclass
@@ -36,6 +37,7 @@ class RunConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     rl: RLConfig = field(default_factory=RLConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
+    tune: TuneConfig = field(default_factory=TuneConfig)  # only `rlreg tune` reads it
 
 
 def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> RunConfig:

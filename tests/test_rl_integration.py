@@ -69,3 +69,31 @@ def test_learner_ranks_stay_identical(runner):
     batch = {"prompts": [[1, 5, 7, 4]] * 2, "tokens": np.zeros((2, runner.task.number_tokenizer.length), int)}
     per_rank = ray.get([r.token_logprobs.remote(batch) for r in runner.learner.ranks], timeout=300)
     assert np.array_equal(per_rank[0], per_rank[1])
+
+
+def test_checkpoint_resume_restores_step_data_position_and_weights(runner, tiny_task, tiny_cfg):
+    import ray
+
+    from rlreg.train.rl import RLRunner
+
+    runner.step()
+    saved_at = runner.step_index
+    runner.save_checkpoint()
+    expected_weights = ray.get(runner.learner.publish_weights(), timeout=300)
+    expected_cursor = runner.cursor.state()
+    next_rows = runner.cursor.next()  # what the next step would train on
+    runner.shutdown()  # as after a crash: the resumed run needs the CPUs the first one held
+
+    resumed = RLRunner(runner.cfg, tiny_task, tiny_task.model_dir, runner.run_dir)
+    try:
+        assert resumed.restore()
+        assert resumed.step_index == saved_at
+        assert resumed.cursor.state() == expected_cursor
+        assert np.array_equal(resumed.cursor.next(), next_rows)
+        weights = ray.get(resumed.learner.publish_weights(), timeout=300)
+        assert all(np.array_equal(weights[k], expected_weights[k]) for k in expected_weights)
+        # restore() also pushed the restored weights into the new engine.
+        engine, learner = _engine_vs_learner(resumed, tiny_task)
+        assert np.abs(engine - learner).max() < 1e-3
+    finally:
+        resumed.shutdown()

@@ -103,6 +103,12 @@ class LearnerRank:
     def ready(self) -> int:
         return self.rank
 
+    def node_id(self) -> str:
+        """The Ray node this rank runs on (for placement checks)."""
+        import ray
+
+        return ray.get_runtime_context().get_node_id()
+
     def step(self, objective: str, batch: dict, options: dict) -> dict:
         """One optimizer step on this rank's shard with the named objective (rlreg.train.objectives)."""
         from rlreg.train.objectives import OBJECTIVES
@@ -224,6 +230,16 @@ class _null_context:
         return False
 
 
+def _enclosing_placement_group():
+    """The placement group this process's children are captured into (a Tune trial's), else None."""
+    import ray
+    from ray.util.placement_group import get_current_placement_group
+
+    if not ray.get_runtime_context().should_capture_child_tasks_in_placement_group:
+        return None
+    return get_current_placement_group()
+
+
 class LearnerGroup:
     """Driver-side handle on W learner ranks: shards batches, steps them together, merges stats."""
 
@@ -233,29 +249,38 @@ class LearnerGroup:
         from ray.util.placement_group import placement_group
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-        from rlreg.actors.session import get_with_timeout
+        from rlreg.actors.session import get_with_timeout, require_resources, wait_for_actors
 
         self.cfg = cfg
         self.ray_cfg = ray_cfg
-        bundle = {"CPU": ray_cfg.learner_cpus}
+        bundle = {"CPU": ray_cfg.learner_cpus, **ray_cfg.learner_resources}
         if device.has_cuda():
             bundle["GPU"] = 1
-        # One bundle per rank; PACK keeps ranks together when they fit, spreads them when not.
-        self.placement = placement_group([bundle] * cfg.world_size, strategy="PACK")
-        get_with_timeout(self.placement.ready(), ray_cfg.actor_start_timeout_s,
-                         f"reserving {cfg.world_size} learner bundle(s) {bundle}")
+        require_resources(cfg.world_size * bundle["CPU"], cfg.world_size * bundle.get("GPU", 0),
+                          f"the learner group ({cfg.world_size} rank(s))")
+        # Inside a Ray Tune trial, the trial's placement group already holds the ranks' resources
+        # (rlreg.tune sizes it); a group of our own would wait for what the trial reserved.
+        self._owns_placement = _enclosing_placement_group() is None
+        if self._owns_placement:
+            # One bundle per rank; PACK keeps ranks together when they fit, spreads them when not.
+            self.placement = placement_group([bundle] * cfg.world_size, strategy="PACK")
+            get_with_timeout(self.placement.ready(), ray_cfg.actor_start_timeout_s,
+                             f"reserving {cfg.world_size} learner bundle(s) {bundle}")
+        else:
+            self.placement = _enclosing_placement_group()
         port = free_port()
         actor_cls = ray.remote(LearnerRank)
         self.ranks = [
             actor_cls.options(
-                num_cpus=ray_cfg.learner_cpus, num_gpus=bundle.get("GPU", 0),
-                scheduling_strategy=PlacementGroupSchedulingStrategy(self.placement, placement_group_bundle_index=r),
+                num_cpus=ray_cfg.learner_cpus, num_gpus=bundle.get("GPU", 0), resources=dict(ray_cfg.learner_resources),
+                scheduling_strategy=PlacementGroupSchedulingStrategy(
+                    self.placement, placement_group_bundle_index=r if self._owns_placement else -1),
             ).remote(r, cfg.world_size, "127.0.0.1", port, str(model_dir), cfg, lr, total_steps,
                      ray_cfg.torch_threads, seed)
             for r in range(cfg.world_size)
         ]
-        get_with_timeout([r.ready.remote() for r in self.ranks], ray_cfg.actor_start_timeout_s,
-                         f"starting {cfg.world_size} DeepSpeed learner rank(s)")
+        wait_for_actors([r.ready.remote() for r in self.ranks], ray_cfg.actor_start_timeout_s,
+                        f"starting {cfg.world_size} DeepSpeed learner rank(s)")
 
     def _shards(self, batch: dict) -> list[dict]:
         n = len(batch["prompts"])
@@ -332,7 +357,9 @@ class LearnerGroup:
 
         for rank in self.ranks:
             ray.kill(rank)
-        remove_placement_group(self.placement)
+        if self._owns_placement:
+            remove_placement_group(self.placement)
+            self._owns_placement = False  # shutdown may be called again (idempotent)
 
 
 def merge_stats(results: list[dict], weights: list[int]) -> dict:

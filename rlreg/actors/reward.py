@@ -97,14 +97,15 @@ class RewardPool:
     def __init__(self, number_spec: dict, scaler_state: dict, cfg: RewardConfig, ray_cfg):
         import ray
 
-        from rlreg.actors.session import get_with_timeout
+        from rlreg.actors.session import require_resources, wait_for_actors
 
         self.cfg, self.ray_cfg = cfg, ray_cfg
+        require_resources(cfg.workers * ray_cfg.reward_cpus, 0, f"{cfg.workers} reward actor(s)")
         self._args = (number_spec, scaler_state, cfg)
         self._cls = ray.remote(RewardWorker).options(num_cpus=ray_cfg.reward_cpus, max_restarts=2)
         self.workers = [self._cls.remote(*self._args) for _ in range(cfg.workers)]
-        get_with_timeout([w.ready.remote() for w in self.workers], ray_cfg.actor_start_timeout_s,
-                         f"starting {cfg.workers} reward actor(s)")
+        wait_for_actors([w.ready.remote() for w in self.workers], ray_cfg.actor_start_timeout_s,
+                        f"starting {cfg.workers} reward actor(s)")
         self.retries = 0
 
     def score(self, number_ids: np.ndarray, targets: np.ndarray) -> dict:

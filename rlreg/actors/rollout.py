@@ -37,6 +37,10 @@ class RolloutWorker:
     def ready(self) -> bool:
         return True
 
+    def node_id(self) -> str:
+        """The Ray node this engine runs on (for placement checks)."""
+        return ray.get_runtime_context().get_node_id()
+
     def sample(self, prompts: list[list[int]], allowed: list[list[int]], n: int, temperature: float,
                features: np.ndarray | None = None) -> Samples:
         embeddings = None
@@ -67,18 +71,20 @@ class RolloutGroup:
 
     def __init__(self, model_dir: str | Path, engine_cfg: EngineConfig, max_model_len: int, ray_cfg,
                  workers: int = 1):
-        from rlreg.actors.session import get_with_timeout
+        from rlreg.actors.session import require_resources, wait_for_actors
 
         self.ray_cfg = ray_cfg
+        require_resources(workers * ray_cfg.rollout_cpus, workers * device.ray_gpus_per_actor(1.0),
+                          f"{workers} rollout worker(s)")
         self._args = (str(model_dir), engine_cfg, max_model_len, ray_cfg.torch_threads)
         # The engine env var must be in the actor's env before vllm is imported there.
         self._cls = ray.remote(RolloutWorker).options(
             num_cpus=ray_cfg.rollout_cpus, num_gpus=device.ray_gpus_per_actor(1.0),
-            runtime_env={"env_vars": device.engine_env()},
+            resources=dict(ray_cfg.rollout_resources), runtime_env={"env_vars": device.engine_env()},
         )
         self.workers = [self._cls.remote(*self._args) for _ in range(workers)]
-        get_with_timeout([w.ready.remote() for w in self.workers], ray_cfg.actor_start_timeout_s,
-                         f"starting {workers} rollout worker(s) (vLLM engine)")
+        wait_for_actors([w.ready.remote() for w in self.workers], ray_cfg.actor_start_timeout_s,
+                        f"starting {workers} rollout worker(s) (vLLM engine)")
 
     def sample(self, inputs: dict, allowed: list[list[int]], n: int, temperature: float,
                chunk: int = 256) -> Samples:

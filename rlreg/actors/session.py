@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from rlreg.errors import ConfigError, RemoteTimeout
@@ -18,11 +18,21 @@ class RayConfig:
     torch_threads: int = 0  # 0: as many as cores, set explicitly inside every actor
     actor_start_timeout_s: float = 300.0
     call_timeout_s: float = 900.0
+    # Custom Ray resources each rollout actor / learner rank also requests, e.g. {node_a: 0.1}
+    # to place a role on nodes started with `--resources '{"node_a": 1}'` (multi-node placement).
+    rollout_resources: dict = field(default_factory=dict)
+    learner_resources: dict = field(default_factory=dict)
 
     def validate(self) -> None:
         for key in ("rollout_cpus", "reward_cpus", "learner_cpus", "actor_start_timeout_s", "call_timeout_s"):
             if getattr(self, key) <= 0:
                 raise ConfigError(f"ray.{key} must be > 0, got {getattr(self, key)}")
+        for key in ("rollout_resources", "learner_resources"):
+            for name, amount in getattr(self, key).items():
+                if name in ("CPU", "GPU", "memory") or isinstance(amount, bool) \
+                        or not isinstance(amount, (int, float)) or amount <= 0:
+                    raise ConfigError(f"ray.{key}: '{name}: {amount!r}' must name a custom resource with an "
+                                      f"amount > 0 (CPUs/GPUs come from ray.*_cpus and the device)")
 
 
 def ensure_ray(cfg: RayConfig) -> None:
@@ -46,3 +56,29 @@ def get_with_timeout(refs: Any, timeout_s: float, what: str) -> Any:
         return ray.get(refs, timeout=timeout_s)
     except ray.exceptions.GetTimeoutError as err:
         raise RemoteTimeout(f"{what} did not answer within {timeout_s:.0f} s") from err
+
+
+def _cpu_report() -> str:
+    import ray
+
+    total, free = ray.cluster_resources(), ray.available_resources()
+    return f"the cluster has {free.get('CPU', 0):g} of {total.get('CPU', 0):g} CPUs free" + (
+        f" and {free.get('GPU', 0):g} of {total.get('GPU', 0):g} GPUs" if total.get("GPU") else "")
+
+
+def require_resources(cpus: float, gpus: float, what: str) -> None:
+    """Fail fast when a request can never fit: Ray would otherwise wait for it forever."""
+    import ray
+
+    total = ray.cluster_resources()
+    if cpus > total.get("CPU", 0) + 1e-9 or gpus > total.get("GPU", 0) + 1e-9:
+        raise ConfigError(f"{what} needs {cpus:g} CPUs and {gpus:g} GPUs but {_cpu_report()}; "
+                          f"lower the ray.*_cpus settings, the worker counts, or use a larger cluster")
+
+
+def wait_for_actors(refs: Any, timeout_s: float, what: str) -> Any:
+    """Wait for actors to start; on timeout say what the cluster had free (the usual cause)."""
+    try:
+        return get_with_timeout(refs, timeout_s, what)
+    except RemoteTimeout as err:
+        raise RemoteTimeout(f"{err}; {_cpu_report()} (other runs or actors may hold the rest)") from err

@@ -7,6 +7,7 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -191,13 +192,17 @@ class RLRunner:
         return True
 
     def shutdown(self) -> None:
+        """Idempotent: stops every actor and frees the placement group once."""
         for part in (self.rollout, self.rewards, self.learner):
             part.shutdown()
 
 
-def train_rl(runner: RLRunner, resume: bool = False) -> tuple[Path, dict]:
+def train_rl(runner: RLRunner, resume: bool = False,
+             on_step: Callable[[int, dict], None] | None = None) -> tuple[Path, dict]:
     """Run the RL loop on a built runner; returns the final model directory and the last
-    validation metrics. The runner keeps its engines (already holding the final weights)."""
+    validation metrics. The runner keeps its engines (already holding the final weights).
+    `on_step(step, stats)`, if given, sees each step's logged stats (with val_rmse on eval steps),
+    e.g. for Ray Tune reporting; raising from it stops the loop."""
     from rlreg.train.export import atomic_replace_dir, copy_model_extras
     from rlreg.train.logger import RunLogger, progress
 
@@ -216,6 +221,8 @@ def train_rl(runner: RLRunner, resume: bool = False) -> tuple[Path, dict]:
                 last_val = {"val_rmse": runner.validation_rmse()}
                 stats.update(last_val)
             logger.log(runner.step_index, stats, "rl")
+            if on_step is not None:
+                on_step(runner.step_index, stats)
             bar.update(1)
             bar.set_postfix(reward=f"{stats['reward_mean']:.3f}",
                             val_rmse=f"{last_val.get('val_rmse', float('nan')):.4g}",

@@ -1,0 +1,161 @@
+"""`rlreg train` submitted with `ray job submit` to a head this test starts with `ray start`.
+
+The head is this test's own: its own temp dir (RAY_TMPDIR + --temp-dir, so it never registers in
+/tmp/ray/ray_current_cluster where other sessions on the machine would find it), its own ports,
+auth disabled on loopback (DESIGN.md: `ray start` heads use token auth), and its own process group.
+It is stopped by killing that process group — never with `ray stop`, which stops every Ray
+process on the machine, including other sessions and this pytest process's own."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.engine
+
+REPO = Path(__file__).resolve().parents[1]
+VENV_BIN = Path(sys.executable).parent
+JOB_TIMEOUT_S = 420
+TINY = [
+    "data.source=sklearn:diabetes", "data.max_rows=200", "model.layers=1", "model.hidden=64", "model.heads=2",
+    "model.prompt_vocab=300", "numbers.base=2", "numbers.length=6", "engine.kv_cache_memory_bytes=67108864",
+    "sft.steps=10", "sft.eval_every=5", "rl.steps=2", "rl.eval_every=1", "rl.batch_size=4", "rl.group_size=4",
+    "rl.eval_samples=4", "reward.workers=1", "eval.samples=4", "eval.n_boot=50", "eval.plots=false",
+]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ray_env(temp_root: Path) -> dict:
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    # The venv first on PATH: the job's `python` / `rlreg` are the ones on the PATH of `ray start`.
+    env.update(RAY_AUTH_MODE="disabled", RAY_TMPDIR=str(temp_root), PATH=f"{VENV_BIN}{os.pathsep}{env['PATH']}",
+               RAY_USAGE_STATS_ENABLED="0")
+    return env
+
+
+def _kill_head(proc: subprocess.Popen, temp_dir: Path) -> None:
+    """SIGTERM, then SIGKILL, to every process of our head: its process group/session, its
+    descendants, and anything whose command line names our temp dir."""
+    import psutil
+
+    try:
+        sid = os.getsid(proc.pid)
+    except ProcessLookupError:
+        sid = None
+    mine: dict[int, psutil.Process] = {}
+    try:
+        for child in psutil.Process(proc.pid).children(recursive=True):
+            mine[child.pid] = child
+    except psutil.NoSuchProcess:
+        pass
+    for candidate in psutil.process_iter(["cmdline"]):
+        try:
+            if (sid is not None and os.getsid(candidate.pid) == sid) \
+                    or str(temp_dir) in " ".join(candidate.info["cmdline"] or []):
+                mine[candidate.pid] = candidate
+        except (psutil.Error, ProcessLookupError):
+            continue
+    if proc.poll() is None:
+        mine[proc.pid] = psutil.Process(proc.pid)  # `ray start --block` itself
+    mine.pop(os.getpid(), None)  # never this pytest process
+    for p in mine.values():
+        try:
+            p.send_signal(signal.SIGTERM)
+        except psutil.Error:
+            pass
+    _, alive = psutil.wait_procs(list(mine.values()), timeout=15)
+    for p in alive:
+        try:
+            p.kill()
+        except psutil.Error:
+            pass
+    proc.wait(timeout=30)
+
+
+@pytest.fixture
+def ray_head():
+    # Short path: Ray's unix socket names live under it and have a length limit.
+    temp_root = Path(tempfile.mkdtemp(prefix="rlreg-jh-"))
+    temp_dir = temp_root / "ray"
+    port, dashboard = _free_port(), _free_port()
+    env = _ray_env(temp_root)
+    log = (temp_root / "ray_start.log").open("w")
+    proc = subprocess.Popen(
+        [str(VENV_BIN / "ray"), "start", "--head", f"--port={port}", "--dashboard-host=127.0.0.1",
+         f"--dashboard-port={dashboard}", "--num-cpus=2", "--include-dashboard=true", f"--temp-dir={temp_dir}",
+         "--block"],
+        env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    address = f"http://127.0.0.1:{dashboard}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:  # the job server answers once the dashboard is up
+            try:
+                urllib.request.urlopen(f"{address}/api/version", timeout=5).read()
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"ray start --head did not come up: {(temp_root / 'ray_start.log').read_text()}")
+                time.sleep(1)
+        yield {"address": address, "env": env, "temp_root": temp_root}
+    finally:
+        _kill_head(proc, temp_dir)
+        log.close()
+        shutil.rmtree(temp_root, ignore_errors=True)
+
+
+def _ray_job(head: dict, *args: str, timeout: float = 60) -> str:
+    out = subprocess.run([str(VENV_BIN / "ray"), "job", *args, "--address", head["address"]], env=head["env"],
+                         capture_output=True, text=True, timeout=timeout)
+    return out.stdout + out.stderr
+
+
+def _wait_for_job(head: dict, job_id: str) -> str:
+    deadline = time.monotonic() + JOB_TIMEOUT_S
+    while time.monotonic() < deadline:
+        status = _ray_job(head, "status", job_id)
+        if "succeeded" in status:
+            return "SUCCEEDED"
+        if "failed" in status or "was stopped" in status:
+            return "FAILED"
+        time.sleep(3)
+    _ray_job(head, "stop", job_id)
+    return "TIMEOUT"
+
+
+def test_rlreg_train_job_submit_joins_the_cluster(ray_head, tmp_path):
+    run_dir = tmp_path / "job_run"
+    job_id = f"rlreg-test-{os.getpid()}"
+    entrypoint = (f"python -c 'import sys; print(\"job python:\", sys.executable)' && "
+                  f"python -m rlreg train {' '.join(TINY)} run_dir={run_dir}")
+    submitted = _ray_job(ray_head, "submit", "--no-wait", "--submission-id", job_id, "--", entrypoint)
+    assert job_id in submitted, submitted
+
+    status = _wait_for_job(ray_head, job_id)
+    logs = _ray_job(ray_head, "logs", job_id)
+    assert status == "SUCCEEDED", f"job {status}; logs:\n{logs[-4000:]}"
+    # The driver joined the head through RAY_ADDRESS (set by the job supervisor) instead of
+    # starting a session of its own, and ran the venv's python (the PATH of `ray start`).
+    assert "Connecting to existing Ray cluster" in logs
+    assert "Started a local Ray instance" not in logs
+    assert re.search(rf"job python: {re.escape(str(VENV_BIN))}/python", logs), logs[:2000]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["stage"] == "rl"
+    assert math.isfinite(metrics["test"]["rmse"]) and metrics["test"]["rmse"] > 0
+    assert "test metrics" in logs
