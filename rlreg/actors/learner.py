@@ -27,6 +27,8 @@ class LearnerConfig:
     min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
     grad_clip: float = 1.0
     bf16: bool = False
+    # Encode each prompt once for its G samples (exact: same loss and gradients as the plain forward).
+    shared_prefix: bool = True
     betas: list[float] | None = None
 
     def validate(self) -> None:

@@ -42,9 +42,16 @@ def pack_sequences(prompts: Sequence[Sequence[int]], completions: torch.Tensor, 
 
 
 def answer_logits(model, prompts: Sequence[Sequence[int]], completions: torch.Tensor, pad_id: int,
-                  features: torch.Tensor | None = None) -> torch.Tensor:
-    """Plain forward over each [prompt + completion]; returns logits [N, L, vocab] that predict
-    the L completion tokens. `features` go to the policy's encoder (vector input)."""
+                  features: torch.Tensor | None = None, shared_prefix: bool = False) -> torch.Tensor:
+    """Logits [N, L, vocab] that predict the L completion tokens. `features` go to the policy's
+    encoder (vector input). With shared_prefix, rows that repeat the previous row's input (the G
+    samples of one prompt) reuse one prompt pass (rlreg.model.shared_prefix); else a plain forward
+    over each [prompt + completion]."""
+    if shared_prefix:
+        from rlreg.model.shared_prefix import answer_logits_shared, prompt_runs
+
+        if len(prompt_runs(prompts, features)[0]) < len(prompts):
+            return answer_logits_shared(model, prompts, completions, pad_id, features)
     device = next(model.parameters()).device
     input_ids, attention, predict_at = pack_sequences(prompts, completions.cpu(), pad_id)
     extra = {} if features is None else {"features": features}

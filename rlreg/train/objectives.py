@@ -39,7 +39,7 @@ def policy_logprobs(rank, batch: dict, temperature: float = 1.0, model=None) -> 
     if features is not None:
         features = torch.as_tensor(np.asarray(features), dtype=torch.float32, device=rank.device)
     logits = answer_logits(model if model is not None else rank.engine, batch["prompts"], hf_tokens,
-                           rank.meta.pad_id, features)
+                           rank.meta.pad_id, features, shared_prefix=rank.cfg.shared_prefix)
     logp_full = rank.head.logprobs(logits, temperature)
     return gather_tokens(logp_full, tokens), logp_full
 
