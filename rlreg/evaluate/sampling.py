@@ -2,7 +2,7 @@
 aggregated (the aggregation chosen on validation), scored with CIs, plotted."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -18,10 +18,16 @@ class EvalConfig:
     chunk_inputs: int = 64  # inputs per engine call: bounds each remote wait
     n_boot: int = 1000
     plots: bool = True
+    # Compared on the same splits: hgb, ridge, reghead (the LM with an MSE regression head; trains
+    # with the sft section's budget, so it costs about as much as the supervised stage).
+    baselines: list[str] = field(default_factory=lambda: ["hgb", "ridge"])
 
     def validate(self) -> None:
         if self.samples < 1 or self.chunk_inputs < 1:
             raise ConfigError("eval.samples and eval.chunk_inputs must be >= 1")
+        unknown = set(self.baselines) - {"hgb", "ridge", "reghead"}
+        if unknown:
+            raise ConfigError(f"eval.baselines: unknown {sorted(unknown)}; choose from hgb, ridge, reghead")
         if self.aggregation not in ("auto", "mean", "median", "trimmed_mean"):
             raise ConfigError(f"eval.aggregation must be auto, mean, median or trimmed_mean, got {self.aggregation!r}")
 
@@ -59,21 +65,50 @@ def evaluate_model(rollout, task, eval_cfg: EvalConfig, out_dir: Path | None = N
     return results
 
 
+def run_baselines(task, cfg) -> dict:
+    """The configured baselines (eval.baselines) on the same splits, scored like the model."""
+    predictions = classical_predictions(task, [b for b in cfg.eval.baselines if b != "reghead"])
+    if "reghead" in cfg.eval.baselines:
+        from rlreg.train.reghead import train_regression_head
+
+        sft = cfg.sft
+        predictions["reghead"] = train_regression_head(task, sft.steps, sft.batch_size, sft.lr, sft.eval_every,
+                                                       sft.patience, cfg.seed)
+    return score_predictions(task, predictions)
+
+
 def classical_baselines(task, names=("hgb", "ridge")) -> dict:
-    """HistGradientBoosting and Ridge on the same splits, scored like the model (test and val)."""
-    from rlreg.evaluate.baselines import fit_predict_baseline, text_features
+    """HistGradientBoosting and Ridge, scored on val and test."""
+    return score_predictions(task, classical_predictions(task, names))
+
+
+def score_predictions(task, predictions: dict) -> dict:
     from rlreg.evaluate.metrics import evaluate_point
+
+    return {name: {s: evaluate_point(pred[s], task.y[s]) for s in ("val", "test")}
+            for name, pred in predictions.items()}
+
+
+def classical_predictions(task, names) -> dict[str, dict[str, np.ndarray]]:
+    """HistGradientBoosting / Ridge predictions for val and test (one fit each, on train)."""
+    import scipy.sparse as sp
+
+    from rlreg.evaluate.baselines import fit_predict_baseline, text_features
 
     ds = task.dataset
     idx = {s: getattr(ds.splits, s) for s in ("train", "val", "test")}
+    n_val = len(idx["val"])
     if ds.kind == "text":
         train_x, rest = text_features([ds.texts[i] for i in idx["train"]],
                                       [ds.texts[i] for s in ("val", "test") for i in idx[s]])
-        X = {"train": train_x, "val": rest[: len(idx["val"])], "test": rest[len(idx["val"]):]}
     else:
-        X = {s: ds.features[i] for s, i in idx.items()}
+        train_x = ds.features[idx["train"]]
+        rest = np.concatenate([ds.features[idx["val"]], ds.features[idx["test"]]])
+    # Heavy-tailed positive targets (e.g. SQL cardinalities) are fitted in log space, as the model's scaler is.
+    transform = "log1p" if task.scaler.name == "signed_log" and (task.y["train"] >= 0).all() else None
     out = {}
     for name in names:
-        out[name] = {s: evaluate_point(fit_predict_baseline(name, X["train"], task.y["train"], X[s]), task.y[s])
-                     for s in ("val", "test")}
+        pred = fit_predict_baseline(name, train_x, task.y["train"], rest if not sp.issparse(rest) else rest.tocsr(),
+                                    target_transform=transform)
+        out[name] = {"val": pred[:n_val], "test": pred[n_val:]}
     return out

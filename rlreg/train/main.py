@@ -70,13 +70,13 @@ def _method_name(cfg) -> str:
 def run_supervised(cfg, command: str = "sft") -> dict:
     """Supervised stage end to end: data → model → SFT → sampled evaluation → metrics.json."""
     from rlreg.evaluate.report import write_metrics_json
-    from rlreg.evaluate.sampling import classical_baselines
+    from rlreg.evaluate.sampling import run_baselines
 
     started = time.monotonic()
     run_dir, task = _prepare(cfg, command)
     checkpoint = _supervised_checkpoint(cfg, task, run_dir, "checkpoint")
     metrics = evaluate_checkpoint(cfg, task, checkpoint, run_dir, "sft")
-    baselines = classical_baselines(task)
+    baselines = run_baselines(task, cfg)
     payload = {"stage": "sft", "dataset": task.dataset.name, "config": to_mapping(cfg),
                "val": metrics["val"], "test": metrics["test"], "baselines": baselines,
                "checkpoint": str(checkpoint), "wall_s": time.monotonic() - started}
@@ -91,7 +91,7 @@ def run_train(cfg, resume: bool = False) -> dict:
     """Supervised stage (or its checkpoint), then RL; metrics.json holds "before" (the supervised
     model) and the final metrics, evaluated the same way by sampling through the same engines."""
     from rlreg.evaluate.report import write_metrics_json
-    from rlreg.evaluate.sampling import classical_baselines, evaluate_model
+    from rlreg.evaluate.sampling import evaluate_model, run_baselines
     from rlreg.train.export import atomic_replace_dir
     from rlreg.train.rl import RLRunner, train_rl
 
@@ -109,7 +109,7 @@ def run_train(cfg, resume: bool = False) -> dict:
         runner.shutdown()
     checkpoint = run_dir / "checkpoint"
     atomic_replace_dir(final_dir, checkpoint)
-    baselines = classical_baselines(task)
+    baselines = run_baselines(task, cfg)
     payload = {"stage": "rl", "algorithm": cfg.rl.advantage, "dataset": task.dataset.name,
                "config": to_mapping(cfg), "before": {"val": before["val"], "test": before["test"]},
                "val": after["val"], "test": after["test"], "baselines": baselines,
