@@ -74,6 +74,13 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from rlreg.bench import run_benchmark
+
+    run_benchmark(args.name, output=args.output, repeats=args.repeats, quick=args.quick)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rlreg", description="Decoding-based regression trained by RL on Ray.",
                                      epilog=EPILOG)
@@ -131,6 +138,17 @@ def build_parser() -> argparse.ArgumentParser:
                     help="default: the one chosen on validation for this checkpoint, else mean")
     pr.add_argument("--temperature", type=float, default=None, help="default: the run's eval.temperature")
     pr.set_defaults(func=_cmd_predict)
+
+    from rlreg.bench import BENCHMARKS
+
+    bench = sub.add_parser("bench", help="performance benchmarks vs HF generate / TRL (JSON + table)",
+                           epilog="Writes benchmarks/results/NAME.json unless --output is given; see benchmarks/README.md.")
+    bench.add_argument("name", choices=BENCHMARKS, metavar="NAME", help=", ".join(BENCHMARKS))
+    bench.add_argument("--output", metavar="FILE.json", default=None)
+    bench.add_argument("--repeats", type=int, default=None, metavar="N",
+                       help="timed repeats per side (default 3; 1 with --quick)")
+    bench.add_argument("--quick", action="store_true", help="smoke mode: tiny model, few repeats")
+    bench.set_defaults(func=_cmd_bench)
     return parser
 
 

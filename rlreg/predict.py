@@ -115,8 +115,11 @@ def load_checkpoint(model_dir: str | Path) -> Checkpoint:
         raise ConfigError(f"{model_dir / TASK_FILE} has no 'data' entry: the checkpoint predates rlreg predict "
                           f"and does not record how to render new rows; retrain it")
     data_cfg = from_mapping(DataConfig, info["data"], prefix="data.")
+    scaler = saved_scaler(model_dir)
+    if scaler is None:
+        raise ConfigError(f"{model_dir / TASK_FILE} holds no fitted scaler: cannot turn number tokens into values")
     meta = ModelMeta.load(model_dir)
-    task = Task(dataset=None, scaler=saved_scaler(model_dir), number_tokenizer=build_number_tokenizer(meta.number_tokenizer),
+    task = Task(dataset=None, scaler=scaler, number_tokenizer=build_number_tokenizer(meta.number_tokenizer),
                 model_dir=model_dir, codec=PromptCodec(model_dir), prompts={}, y={}, target_tokens={})
     return Checkpoint(model_dir=model_dir, info=info, data_cfg=data_cfg, task=task)
 

@@ -133,7 +133,7 @@ class RLRegressor(RegressorMixin, BaseEstimator):
             Path(self.run_dir).mkdir(parents=True, exist_ok=True)
             run_dir = tempfile.mkdtemp(prefix="fit-", dir=self.run_dir)
         given = [
-            f"data.source=array:{key}", "data.target=null", "data.max_rows=null", "data.input=text",
+            f"data.source=array:{key}", "data.target=null", "data.max_rows=null",
             f"data.val_fraction={self.validation_fraction}", f"data.test_fraction={self.test_fraction}",
             f"run_dir={run_dir}", f"rl.enabled={'true' if self.rl_steps else 'false'}",
         ]

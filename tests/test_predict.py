@@ -128,6 +128,53 @@ def test_not_a_checkpoint_and_bad_file_types(tiny_task, tmp_path):
         read_rows(tmp_path / "in.xlsx")
 
 
+def test_vector_input_checkpoint(tiny_cfg, ray_session, tmp_path):
+    """data.input=vector: new rows become the same standardised feature vectors as in training
+    (train statistics stored with the encoder), and sampling goes through the encoder."""
+    import copy
+
+    from rlreg.train.task import prepare_task
+
+    cfg = copy.deepcopy(tiny_cfg)
+    cfg.data.input, cfg.model.soft_tokens, cfg.model.encoder_hidden = "vector", 2, 32
+    task = prepare_task(cfg, tmp_path)
+    columns, rows = _test_rows(task, 5)
+    source = _write_csv(tmp_path / "in.csv", columns, rows)
+    seen = load_checkpoint(task.model_dir).task_for(read_rows(source))
+    np.testing.assert_array_equal(seen.features["predict"], task.features["test"][:5])
+    assert seen.prompts["predict"] == task.prompts["test"][:5]
+    out = tmp_path / "o.csv"
+    run_predict(task.model_dir, source, out, samples=3, overrides=["engine.kv_cache_memory_bytes=67108864"])
+    with out.open(newline="") as stream:
+        written = list(csv.DictReader(stream))
+    assert [r["id"] for r in written] == [r["id"] for r in rows] and {r["samples_valid"] for r in written} == {"3"}
+
+
+def test_text_source_checkpoint_reads_a_text_column(tiny_cfg, tmp_path):
+    """A text-source checkpoint (SQL queries → cardinality) takes a `text` column."""
+    import copy
+
+    from rlreg.data.config import resolve_data_dir
+    from rlreg.errors import RlregError
+    from rlreg.train.task import prepare_task
+
+    try:
+        resolve_data_dir(None)
+    except RlregError:
+        pytest.skip("the shared data folder (sqlcard) is not on this machine")
+    cfg = copy.deepcopy(tiny_cfg)
+    cfg.data.source, cfg.data.max_rows, cfg.numbers.scaler, cfg.model.max_positions = (
+        "sqlcard:job-light", None, "signed_log", 512)
+    task = prepare_task(cfg, tmp_path)
+    texts = [task.dataset.texts[i] for i in task.dataset.splits.test[:4]]
+    source = _write_jsonl(tmp_path / "q.jsonl", [{"qid": i, "text": t} for i, t in enumerate(texts)])
+    checkpoint = load_checkpoint(task.model_dir)
+    assert checkpoint.task_for(read_rows(source)).prompts["predict"] == task.prompts["test"][:4]
+    wrong = _write_jsonl(tmp_path / "bad.jsonl", [{"qid": 0, "query": texts[0]}])
+    with pytest.raises(DataError, match=r"missing input column\(s\) 'text'; the checkpoint expects: text"):
+        run_predict(task.model_dir, wrong, tmp_path / "o.jsonl")
+
+
 def test_cli_predict(tiny_task, ray_session, tmp_path, capsys):
     from rlreg.cli import main
 

@@ -23,10 +23,24 @@ def find_run(run_dir: str | Path) -> tuple[Path, Path, Path]:
     if not config.is_file():
         raise ConfigError(f"{run_dir}: no config.yaml, not an rlreg run directory")
     checkpoint = run_dir / "checkpoint"
+    if not checkpoint.exists():
+        checkpoint = _recorded_checkpoint(run_dir) or checkpoint
     if not (checkpoint / META_FILE).is_file() or not (checkpoint / "model.safetensors").is_file():
         raise ConfigError(f"{run_dir}: no finished checkpoint ({checkpoint} needs {META_FILE} and "
                           f"model.safetensors); did the run complete?")
     return run_dir, config, checkpoint
+
+
+def _recorded_checkpoint(run_dir: Path) -> Path | None:
+    """The model metrics.json says was evaluated: a run with sft.init_from and no training
+    evaluates the model it started from, which lives outside the run directory."""
+    import json
+
+    try:
+        recorded = json.loads((run_dir / "metrics.json").read_text())["checkpoint"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return Path(recorded) if isinstance(recorded, str) and Path(recorded).is_dir() else None
 
 
 def run_eval(run_dir: str | Path, split: str = "test", samples: int | None = None, baselines: bool = False,

@@ -85,8 +85,13 @@ class NumberEngine:
         `model.load_weights` fails on CPU (linear weights are repacked for oneDNN after loading);
         `reload_weights(is_checkpoint_format=True)` redoes that processing. The prefix cache must
         be dropped after every update: its KV entries were computed with the old weights."""
+        import logging
+
         import torch
 
+        # The rotary embedding has buffers but no checkpoint weights; vLLM warns about it on every
+        # reload ("RotaryEmbedding: Failed to load weights"), which would flood each RL step's log.
+        logging.getLogger("vllm.model_executor.model_loader.reload.layerwise").setLevel(logging.ERROR)
         tensors = ((name, torch.as_tensor(array)) for name, array in named_arrays.items())
         self._worker().reload_weights(weights_iterator=tensors, is_checkpoint_format=True)
         self.llm.reset_prefix_cache()

@@ -1,0 +1,50 @@
+"""The task every benchmark runs on: scikit-learn's diabetes rows written as text prompts
+(≈ 40–50 BPE tokens each), targets as 8 base-2 number tokens, a fresh Llama-style model of a
+named size. Built once per benchmark in a temporary folder."""
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from benchmarks.common import SIZES
+
+TASK = ["data.source=sklearn:diabetes", "data.input=text", "model.prompt_vocab=512", "model.max_positions=128",
+        "numbers.tokenizer=normalized", "numbers.base=2", "numbers.length=8"]
+# Same algorithm on both sides of the step benchmark: GRPO advantages, no KL, no expert CE,
+# one on-policy update per batch, weights synced every step.
+RL = ["rl.advantage=grpo", "rl.expert_ce_coef=0", "rl.kl_coef=0", "rl.ppo_epochs=1", "rl.sync_every=1",
+      "rl.steps=100000", "rl.lr=0.00001", "learner.world_size=1", "learner.zero_stage=1",
+      "ray.actor_start_timeout_s=900", "ray.call_timeout_s=900"]
+
+
+def model_overrides(size: str) -> list[str]:
+    return [f"model.{k}={v}" for k, v in SIZES[size].items()]
+
+
+def make_task(size: str, workdir: Path, extra: list[str] = ()):
+    """(config, task) for a model of `size`, built under workdir."""
+    from rlreg.config import load_config
+    from rlreg.train.task import prepare_task
+
+    run_dir = Path(workdir) / f"task-{size}"
+    cfg = load_config(None, [*TASK, *RL, *model_overrides(size), *extra, f"run_dir={run_dir}"])
+    return cfg, prepare_task(cfg, run_dir)
+
+
+def workdir() -> Path:
+    return Path(tempfile.mkdtemp(prefix="rlreg-bench-"))
+
+
+def start_ray(num_cpus: int = 4) -> None:
+    """A private local Ray session (never another engineer's cluster). Logical CPUs are only
+    scheduling tokens: 4 lets two engines, the learner and the reward actors all be placed."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+
+
+def parameter_count(task) -> int:
+    from rlreg.model.build import count_parameters
+
+    return int(count_parameters(task.model_dir))
