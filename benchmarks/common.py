@@ -35,6 +35,17 @@ class BenchArgs:
     extra: dict = field(default_factory=dict)
 
 
+def process_info() -> dict[str, Any]:
+    """How the benchmark process itself runs (the peers' side)."""
+    import torch
+
+    return {"omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "(OpenMP default)"),
+            "torch_threads": torch.get_num_threads(), "torch_loaded_before_env": _TORCH_EARLY}
+
+
+_TORCH_EARLY = "torch" in sys.modules  # if so, OMP_WAIT_POLICY set later has no effect here
+
+
 def machine_info() -> dict[str, Any]:
     model = ""
     try:
@@ -87,16 +98,20 @@ def result(name: str, config: dict, medians: dict, raw: dict, ratio: float, rati
            load_before: list[float], notes: list[str] | None = None, **more: Any) -> dict:
     """The JSON every benchmark writes (the schema tests/test_bench.py checks)."""
     return {"benchmark": name, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": machine_info(),
+            "process": process_info(),
             "load_average": {"before": load_before, "after": load_average()}, "config": config,
             "medians": medians, "raw": raw, "ratio": ratio, "ratio_means": ratio_means,
             "notes": notes or [], **more}
 
 
 def write_result(data: dict, output: Path | None, quick: bool) -> Path:
-    """Write to `output`, else benchmarks/results/NAME.json (NAME_quick.json in smoke mode, so a
-    test run never overwrites the committed numbers)."""
+    """Write to `output`, else benchmarks/results/NAME.json; smoke-mode results go to the temp
+    folder instead, so they never replace (or sit beside) the committed numbers."""
     if output is None:
-        output = RESULTS_DIR / (f"{data['benchmark']}_quick.json" if quick else f"{data['benchmark']}.json")
+        import tempfile
+
+        where = Path(tempfile.gettempdir(), "rlreg-bench") if quick else RESULTS_DIR
+        output = where / (f"{data['benchmark']}_quick.json" if quick else f"{data['benchmark']}.json")
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = output.with_suffix(".tmp")
@@ -129,8 +144,12 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
-def quiet_logs() -> None:
-    """Engines and trainers print a lot; a benchmark's own table is what matters."""
+def prepare_process() -> None:
+    """Environment for the benchmark process, where the peers (HF generate, TRL) run. OpenMP reads
+    OMP_WAIT_POLICY once, when torch loads: PASSIVE is the peers' fastest setting on this shared
+    2-core machine, as it is for rlreg's actors (rlreg.actors.session.actor_env), so both sides
+    get it. Engines and trainers print a lot; a benchmark's own table is what matters."""
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # in-process engines (DESIGN.md)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

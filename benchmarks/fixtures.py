@@ -3,8 +3,11 @@
 named size. Built once per benchmark in a temporary folder."""
 from __future__ import annotations
 
+import contextlib
+import shutil
 import tempfile
 from pathlib import Path
+from typing import Iterator
 
 from benchmarks.common import SIZES
 
@@ -31,8 +34,14 @@ def make_task(size: str, workdir: Path, extra: list[str] = ()):
     return cfg, prepare_task(cfg, run_dir)
 
 
-def workdir() -> Path:
-    return Path(tempfile.mkdtemp(prefix="rlreg-bench-"))
+@contextlib.contextmanager
+def workdir() -> Iterator[Path]:
+    """A temporary folder for models and run directories (up to ~0.5 GB at 100 M), removed after."""
+    path = Path(tempfile.mkdtemp(prefix="rlreg-bench-"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def start_ray(num_cpus: int = 4) -> None:

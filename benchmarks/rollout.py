@@ -98,8 +98,8 @@ def run(args: BenchArgs) -> dict:
     batch, group = (2, 4) if args.quick else (8, 16)
     load_before = load_average()
     start_ray()
-    root = workdir()
-    per_size = {size: measure_size(size, args, batch, group, root) for size in sizes}
+    with workdir() as root:
+        per_size = {size: measure_size(size, args, batch, group, root) for size in sizes}
     headline = sizes[-1]
     config = {"sizes": sizes, "batch_inputs": batch, "group_size": group, "number_tokens": 8,
               "temperature": 1.0, "dtype": "float32", "repeats": args.repeats, "warmup_rounds": 1,

@@ -16,15 +16,17 @@ REQUIRES: tuple[str, ...] = ("trl", "datasets")
 PHASES = ("time_rollout", "time_reward", "time_learn", "time_sync")
 
 
-def measure_size(size: str, args: BenchArgs, batch: int, group: int, root) -> dict:
-    from rlreg import device
+def measure_size(size: str, args: BenchArgs, batch: int, group: int, root, trl_threads: tuple[int, ...]) -> dict:
+    import ray
+
     from rlreg.train.rl import RLRunner
 
+    from benchmarks import inside
     from benchmarks.trl_peer import StepTimer, build_trainer
 
     cfg, task = make_task(size, root, [f"rl.batch_size={batch}", f"rl.group_size={group}"])
-    device.configure_torch_threads()  # TRL runs in this process; same thread count as rlreg's actors
     runner = RLRunner(cfg, task, task.model_dir, root / f"rl-{size}")
+    threads = ray.get(runner.learner.ranks[0].__ray_call__.remote(inside.torch_threads))
     rlreg_seconds: list[float] = []
     phases: list[dict] = []
 
@@ -34,46 +36,58 @@ def measure_size(size: str, args: BenchArgs, batch: int, group: int, root) -> di
         rlreg_seconds.append(time.perf_counter() - t0)
         phases.append({p: stats[p] for p in PHASES})
 
-    timer = StepTimer(rlreg_step)
+    timer = StepTimer(rlreg_step, trl_threads)
     try:
-        trainer = build_trainer(task, cfg, batch, group, args.repeats + 1, root / f"trl-{size}", timer)
+        # One warm-up step per thread setting, then `repeats` timed steps per setting.
+        steps = (args.repeats + 1) * len(trl_threads)
+        trainer = build_trainer(task, cfg, batch, group, steps, root / f"trl-{size}", timer)
         trainer.train()
     finally:
         runner.shutdown()
-    # Index 0 is each side's warm-up step.
-    raw = {"rlreg": rlreg_seconds[1:], "trl": timer.seconds[1:]}
+    trl_raw = {t: [r for r in timer.records if r["threads"] == t][1:] for t in trl_threads}
+    trl_median = {t: median([r["seconds"] for r in recs]) for t, recs in trl_raw.items()}
+    best = min(trl_median, key=trl_median.get)
+    raw = {"rlreg": rlreg_seconds[1:], **{f"trl_{t}_threads": [r["seconds"] for r in trl_raw[t]] for t in trl_threads}}
     split = {"rlreg": {p: median([ph[p] for ph in phases[1:]]) for p in PHASES},
-             "trl": {"generate": median(timer.generate_seconds[1:]),
-                     "reward_loss_update": median([s - g for s, g in zip(timer.seconds[1:],
-                                                                          timer.generate_seconds[1:])])}}
-    seconds = {k: median(v) for k, v in raw.items()}
-    return {"params": parameter_count(task), "seconds_per_step": seconds, "phases": split,
+             "trl": {"generate": median([r["generate"] for r in trl_raw[best]]),
+                     "reward_loss_update": median([r["seconds"] - r["generate"] for r in trl_raw[best]])}}
+    seconds = {"rlreg": median(rlreg_seconds[1:]), "trl": trl_median[best],
+               **{f"trl_{t}_threads": s for t, s in trl_median.items()}}
+    return {"params": parameter_count(task), "seconds_per_step": seconds, "phases": split, "trl_threads": best,
+            "rlreg_threads": threads,
             "ratio": seconds["trl"] / seconds["rlreg"], "raw": raw,
-            "raw_phases": {"rlreg": phases, "trl_generate": timer.generate_seconds}}
+            "raw_phases": {"rlreg": phases, "trl": timer.records}}
 
 
 def run(args: BenchArgs) -> dict:
+    from benchmarks import inside
     from benchmarks.trl_peer import NOTES
 
     sizes = ["tiny"] if args.quick else ["1M", "25M"]
     batch, group = (2, 4) if args.quick else (8, 16)
     load_before = load_average()
     start_ray()
-    root = workdir()
-    per_size = {size: measure_size(size, args, batch, group, root) for size in sizes}
+    inside.ship_by_value()
+    trl_threads = (1,) if args.quick else (1, 2)
+    with workdir() as root:
+        per_size = {size: measure_size(size, args, batch, group, root, trl_threads) for size in sizes}
     headline = sizes[-1]
     config = {"sizes": sizes, "batch_inputs": batch, "group_size": group, "number_tokens": 8,
               "data": "sklearn:diabetes rows as text (data.input=text), 40-50 prompt tokens",
               "advantage": "grpo (both)", "kl": 0, "ppo_epochs": 1, "dtype": "float32 (both)",
-              "repeats": args.repeats, "warmup_steps": 1,
+              "repeats": args.repeats, "warmup_steps": 1, "trl_torch_threads_tried": list(trl_threads),
+              "torch_threads": "rlreg: ray.torch_threads default in every actor; TRL: each setting tried, "
+                               "fastest counted",
               "rlreg": "RLRunner.step: 1 vLLM rollout actor, 2 reward actors, 1 DeepSpeed ZeRO-1 learner "
                        "(shared-prefix forward), weight sync every step",
               "peer": "trl.GRPOTrainer (transformers generate, use_cpu, gradient checkpointing off, beta=0)"}
     medians = {size: {"seconds_per_step": r["seconds_per_step"], "phases": r["phases"], "params": r["params"],
-                      "ratio": r["ratio"]} for size, r in per_size.items()}
-    rows = [[size, r["params"], r["seconds_per_step"]["rlreg"], r["seconds_per_step"]["trl"], r["ratio"]]
-            for size, r in per_size.items()]
-    print_table("step: seconds per RL step (median)", ["size", "params", "rlreg s", "TRL s", "ratio"], rows)
+                      "ratio": r["ratio"], "trl_threads": r["trl_threads"], "rlreg_threads": r["rlreg_threads"]}
+               for size, r in per_size.items()}
+    rows = [[size, r["params"], r["seconds_per_step"]["rlreg"], r["rlreg_threads"], r["seconds_per_step"]["trl"],
+             r["trl_threads"], r["ratio"]] for size, r in per_size.items()]
+    print_table("step: seconds per RL step (median)",
+                ["size", "params", "rlreg s", "threads", "TRL s (fastest)", "threads", "ratio"], rows)
     for size, r in per_size.items():
         print(f"  {size} rlreg phases: " + ", ".join(f"{k[5:]} {v:.3g}s" for k, v in r["phases"]["rlreg"].items())
               + f" | TRL generate {r['phases']['trl']['generate']:.3g}s, "

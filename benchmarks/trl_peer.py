@@ -54,32 +54,40 @@ def z_reward(task, invalid_penalty: float = -10.0) -> Callable:
 
 class StepTimer:
     """TrainerCallback timing each optimizer step (generation + reward + loss + update all happen
-    between on_step_begin and on_step_end). `between(k)` runs the other side's round outside the
-    timed span: after TRL's step k on even k, before it on odd k (A B, B A, ...)."""
+    between on_step_begin and on_step_end). TRL's steps cycle through `thread_options` (torch
+    threads of this process), so its fastest setting is found in the same run. `between(k)` runs
+    the other side's step outside the timed span: after TRL's step k on even k, before it on odd k
+    (A B, B A, ...)."""
 
-    def __init__(self, between: Callable[[int], None]):
+    def __init__(self, between: Callable[[int], None], thread_options: tuple[int, ...]):
         self.between = between
-        self.seconds: list[float] = []
-        self.generate_seconds: list[float] = []
+        self.thread_options = thread_options
+        self.records: list[dict] = []  # per TRL step: threads, seconds, generate seconds
         self._t0 = 0.0
         self._gen = 0.0
+        self._threads = 0
 
     def add_generate(self, seconds: float) -> None:
         self._gen += seconds
 
     # transformers calls these by name (TrainerCallback protocol)
     def on_step_begin(self, args, state, control, **kwargs):
-        if state.global_step % 2 == 1:
-            self.between(state.global_step)
+        import torch
+
+        k = state.global_step
+        if k % 2 == 1:
+            self.between(k)
+        self._threads = self.thread_options[k % len(self.thread_options)]
+        torch.set_num_threads(self._threads)
         self._gen = 0.0
         self._t0 = time.perf_counter()
 
     def on_step_end(self, args, state, control, **kwargs):
-        self.seconds.append(time.perf_counter() - self._t0)
-        self.generate_seconds.append(self._gen)
-        # global_step was already incremented for the step that just ended
-        if (state.global_step - 1) % 2 == 0:
-            self.between(state.global_step - 1)
+        self.records.append({"threads": self._threads, "seconds": time.perf_counter() - self._t0,
+                             "generate": self._gen})
+        k = state.global_step - 1  # global_step already counts the step that just ended
+        if k % 2 == 0:
+            self.between(k)
 
 
 def build_trainer(task, cfg, batch: int, group: int, steps: int, out_dir: Path, timer: StepTimer):

@@ -38,8 +38,10 @@ def load_benchmark(name: str):
 
 def run_benchmark(name: str, output: str | None = None, repeats: int | None = None, quick: bool = False) -> Path:
     """Run one benchmark, write its JSON, return the path. `quick`: smoke mode (tiny model, 1 repeat)."""
-    from benchmarks.common import BenchArgs, quiet_logs, write_result  # after _import_benchmarks
+    _import_benchmarks()
+    from benchmarks.common import BenchArgs, prepare_process, write_result
 
+    prepare_process()  # before any benchmark module loads torch
     module = load_benchmark(name)
     missing = missing_requirements(name)
     if missing:
@@ -49,7 +51,6 @@ def run_benchmark(name: str, output: str | None = None, repeats: int | None = No
         raise ConfigError(f"--repeats must be >= 1, got {repeats}")
     if not quick and repeats < 3:
         print(f"note: {repeats} repeat(s); the committed results use >= 3", file=sys.stderr)
-    quiet_logs()
     args = BenchArgs(repeats=repeats, quick=quick, output=Path(output) if output else None)
     data = module.run(args)
     path = write_result(data, args.output, quick)

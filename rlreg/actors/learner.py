@@ -14,8 +14,19 @@ from typing import Any
 import numpy as np
 
 from rlreg import device
+from rlreg.actors.session import ActorFailed
 from rlreg.errors import ConfigError
 from rlreg.model.encoder import ENCODER_PREFIX
+
+# The only non-tensor types DeepSpeed 0.19.8's checkpoints of rlreg's runs hold (ZeRO 0-3, fp32/bf16;
+# listed with torch.serialization.get_unsafe_globals_in_checkpoint): everything else is refused.
+CHECKPOINT_GLOBALS = ("deepspeed.runtime.fp16.loss_scaler.LossScaler",
+                      "deepspeed.runtime.zero.config.ZeroStageEnum",
+                      "deepspeed.utils.tensor_fragment.fragment_address")
+
+
+class LearnerLost(ActorFailed):
+    """A learner rank died or hung: the group's state is gone (restore it from a checkpoint)."""
 
 
 @dataclass
@@ -101,6 +112,9 @@ class LearnerRank:
         deepspeed.init_distributed(dist_backend=device.dist_backend(), auto_mpi_discovery=False)
         self.engine, _, _, self.scheduler = deepspeed.initialize(
             model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config)
+        # DeepSpeed reads checkpoints with torch.load(weights_only=False), which runs whatever a
+        # pickle names; every load goes through this engine's checkpoint_engine, so restrict it.
+        self.engine.checkpoint_engine.load = safe_torch_load
 
     def ready(self) -> int:
         return self.rank
@@ -205,6 +219,11 @@ class LearnerRank:
                            if k.startswith(ENCODER_PREFIX)}
                 save_encoder(module.encoder, encoder_spec(self.model_dir), out_dir, state=encoder)
 
+    def publish(self) -> tuple[int, dict[str, np.ndarray] | None]:
+        """publish_weights as two return values: the small first one tells the driver this rank
+        finished without fetching the weights (see LearnerGroup.publish_weights)."""
+        return self.rank, self.publish_weights()
+
     def save_checkpoint(self, ckpt_dir: str, tag: str, client_state: dict) -> None:
         self.engine.save_checkpoint(ckpt_dir, tag=tag, client_state=client_state)
 
@@ -220,8 +239,26 @@ def load_policy(model_dir: str, meta):
 
     from rlreg.model.encoder import PolicyModel, load_encoder
 
-    lm = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    lm = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, use_safetensors=True)
     return PolicyModel(lm, load_encoder(model_dir), meta.feature_id)
+
+
+def safe_torch_load(path: str, map_location=None) -> Any:
+    """torch.load(weights_only=True) that also admits the few DeepSpeed types in CHECKPOINT_GLOBALS;
+    a file naming any other global is refused, naming the file and the global."""
+    import importlib
+    import pickle
+
+    import torch
+
+    allowed = [getattr(importlib.import_module(mod), name) for mod, name in (g.rsplit(".", 1) for g in CHECKPOINT_GLOBALS)]
+    try:
+        with torch.serialization.safe_globals(allowed):
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        reason = next((line.strip() for line in str(err).splitlines() if "global" in line.lower()), str(err)[:300])
+        raise ConfigError(f"{path}: refusing to load this checkpoint file: it holds objects rlreg's checkpoints "
+                          f"never contain ({reason})") from None
 
 
 class _null_context:
@@ -251,7 +288,7 @@ class LearnerGroup:
         from ray.util.placement_group import placement_group
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-        from rlreg.actors.session import get_with_timeout, require_resources, wait_for_actors
+        from rlreg.actors.session import actor_env, get_with_timeout, require_resources, wait_for_actors
 
         self.cfg = cfg
         self.ray_cfg = ray_cfg
@@ -275,7 +312,7 @@ class LearnerGroup:
         self.ranks = [
             actor_cls.options(
                 num_cpus=ray_cfg.learner_cpus, num_gpus=bundle.get("GPU", 0), resources=dict(ray_cfg.learner_resources),
-                scheduling_strategy=PlacementGroupSchedulingStrategy(
+                runtime_env={"env_vars": actor_env()}, scheduling_strategy=PlacementGroupSchedulingStrategy(
                     self.placement, placement_group_bundle_index=r if self._owns_placement else -1),
             ).remote(r, cfg.world_size, "127.0.0.1", port, str(model_dir), cfg, lr, total_steps,
                      ray_cfg.torch_threads, seed)
@@ -290,10 +327,23 @@ class LearnerGroup:
         return [{k: v[a:b] for k, v in batch.items()} for a, b in zip(bounds[:-1], bounds[1:])]
 
     def _call_all(self, method: str, per_rank_args: list[tuple], what: str) -> list[Any]:
-        from rlreg.actors.session import get_with_timeout
-
         refs = [getattr(rank, method).remote(*args) for rank, args in zip(self.ranks, per_rank_args)]
-        return get_with_timeout(refs, self.ray_cfg.call_timeout_s, what)
+        return self._get(refs, what)
+
+    def _get(self, refs: list, what: str) -> list[Any]:
+        """Time-limited wait on the ranks; a dead or hung rank loses the whole group's state (its
+        peers block in collectives), so both become LearnerLost for the RL loop to restore from."""
+        import ray.exceptions
+
+        from rlreg.actors.session import get_with_timeout
+        from rlreg.errors import RemoteTimeout
+
+        try:
+            return get_with_timeout(refs, self.ray_cfg.call_timeout_s, what)
+        except ray.exceptions.RayActorError as err:
+            raise LearnerLost(f"a DeepSpeed learner rank died during {what} ({type(err).__name__})") from err
+        except RemoteTimeout as err:
+            raise LearnerLost(f"{err} (a DeepSpeed learner rank hung)") from err
 
     def step(self, objective: str, batch: dict, options: dict) -> dict:
         shards = self._shards(batch)
@@ -335,14 +385,12 @@ class LearnerGroup:
         return np.concatenate(parts)
 
     def publish_weights(self):
-        """ObjectRef of rank 0's weights (left in the object store for the engines to read)."""
-        import ray
-
-        refs = [r.publish_weights.remote() for r in self.ranks]
-        from rlreg.actors.session import get_with_timeout
-
-        get_with_timeout(refs[1:], self.ray_cfg.call_timeout_s, "learner weight gather")
-        return refs[0]
+        """ObjectRef of rank 0's weights (left in the object store for the engines to read). Waits on
+        every rank's small status value, so a dead rank surfaces here as LearnerLost and not later,
+        in the engines, as a broken weights object."""
+        status, weights = zip(*[r.publish.options(num_returns=2).remote() for r in self.ranks])
+        self._get(list(status), "learner weight gather")
+        return weights[0]
 
     def save_model(self, out_dir: str) -> None:
         self._call_all("save_model", [(out_dir,)] * len(self.ranks), "saving the model")

@@ -1,8 +1,12 @@
 """Rollout workers: Ray actors that each own one vLLM engine and sample constrained numbers;
-RolloutGroup spreads a batch over N of them and pushes new weights to all."""
+RolloutGroup spreads a batch over N of them and pushes new weights to all, and replaces a worker
+that died or stopped answering (fresh engine, current weights) before retrying its share once."""
 from __future__ import annotations
 
+import sys
+import time
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 import ray
@@ -65,13 +69,29 @@ class RolloutWorker:
         self.version += 1
         return self.version
 
+    def rng_state(self) -> bytes:
+        """The sampler's RNG: on CPU vLLM draws from this process's torch generator (seeded once, at
+        engine start: a per-request seed kills the CPU engine), so a checkpoint saves it."""
+        import torch
+
+        return torch.get_rng_state().numpy().tobytes()
+
+    def set_rng_state(self, state: bytes) -> None:
+        import torch
+
+        torch.set_rng_state(torch.frombuffer(bytearray(state), dtype=torch.uint8))
+
+    def debug_sleep(self, seconds: float) -> None:
+        """Test hook: block this actor (it runs one call at a time), as a hung engine would."""
+        time.sleep(seconds)
+
 
 class RolloutGroup:
     """N rollout workers behind one call; every wait is time-limited."""
 
     def __init__(self, model_dir: str | Path, engine_cfg: EngineConfig, max_model_len: int, ray_cfg,
                  workers: int = 1):
-        from rlreg.actors.session import require_resources, wait_for_actors
+        from rlreg.actors.session import actor_env, require_resources, wait_for_actors
 
         self.ray_cfg = ray_cfg
         require_resources(workers * ray_cfg.rollout_cpus, workers * device.ray_gpus_per_actor(1.0),
@@ -80,34 +100,94 @@ class RolloutGroup:
         # The engine env var must be in the actor's env before vllm is imported there.
         self._cls = ray.remote(RolloutWorker).options(
             num_cpus=ray_cfg.rollout_cpus, num_gpus=device.ray_gpus_per_actor(1.0),
-            resources=dict(ray_cfg.rollout_resources), runtime_env={"env_vars": device.engine_env()},
+            resources=dict(ray_cfg.rollout_resources),
+            runtime_env={"env_vars": {**device.engine_env(), **actor_env()}},
         )
         self.workers = [self._cls.remote(*self._args) for _ in range(workers)]
         wait_for_actors([w.ready.remote() for w in self.workers], ray_cfg.actor_start_timeout_s,
                         f"starting {workers} rollout worker(s) (vLLM engine)")
+        self._weights_ref = None  # the last weights pushed: a replacement engine loads them
+        self.restarts = 0
 
     def sample(self, inputs: dict, allowed: list[list[int]], n: int, temperature: float,
                chunk: int = 256) -> Samples:
         """inputs: {"prompts": [...], optional "features": [N, f]} (Task.inputs). Chunks are dealt
         round-robin to the workers; results come back in input order."""
-        from rlreg.actors.session import get_with_timeout
-
         prompts, features = inputs["prompts"], inputs.get("features")
         starts = list(range(0, len(prompts), chunk))
-        refs = [self.workers[i % len(self.workers)].sample.remote(
-                    prompts[a : a + chunk], allowed, n, temperature,
-                    None if features is None else features[a : a + chunk])
-                for i, a in enumerate(starts)]
-        parts = get_with_timeout(refs, self.ray_cfg.call_timeout_s, "rollout sampling")
+        parts = self._call(starts, lambda w, a: w.sample.remote(
+            prompts[a : a + chunk], allowed, n, temperature, None if features is None else features[a : a + chunk]),
+            "rollout sampling")
         return Samples(token_ids=np.concatenate([p.token_ids for p in parts]),
                        logprobs=np.concatenate([p.logprobs for p in parts]))
 
     def load_weights(self, weights_ref) -> list[int]:
         """Push one weights object (an ObjectRef, read zero-copy by each worker) to every engine."""
-        from rlreg.actors.session import get_with_timeout
+        self._weights_ref = weights_ref
+        return self._call(list(range(len(self.workers))), lambda w, _: w.load_weights.remote(weights_ref),
+                          "rollout weight update")
 
-        return get_with_timeout([w.load_weights.remote(weights_ref) for w in self.workers],
-                                self.ray_cfg.call_timeout_s, "rollout weight update")
+    def rng_states(self) -> list[bytes]:
+        return self._call(list(range(len(self.workers))), lambda w, _: w.rng_state.remote(), "rollout RNG state")
+
+    def set_rng_states(self, states: list[bytes]) -> None:
+        self._call(list(range(len(self.workers))), lambda w, i: w.set_rng_state.remote(states[i]),
+                   "rollout RNG restore")
+
+    def _call(self, items: list, submit: Callable[[Any, Any], Any], what: str) -> list:
+        """submit(worker, item) for each item, item k on worker k mod N; results in item order.
+        One deadline (ray.call_timeout_s) covers the call. A worker that died or did not answer is
+        replaced and its items are retried once on the replacement; a second failure is an error."""
+        import ray.exceptions
+
+        from rlreg.actors.session import ActorFailed, get_with_timeout
+        from rlreg.errors import RemoteTimeout
+
+        results: dict[int, Any] = {}
+        pending = list(range(len(items)))
+        for attempt in range(2):
+            refs = {k: submit(self.workers[k % len(self.workers)], items[k]) for k in pending}
+            deadline = time.monotonic() + self.ray_cfg.call_timeout_s
+            failed: dict[int, str] = {}  # worker index -> what went wrong
+            for k, ref in refs.items():
+                w = k % len(self.workers)
+                if w in failed:  # its other items are queued behind the failure: retry them too
+                    continue
+                try:
+                    results[k] = get_with_timeout(ref, max(0.0, deadline - time.monotonic()), what)
+                except ray.exceptions.RayActorError as err:
+                    failed[w] = f"died ({type(err).__name__})"
+                except RemoteTimeout:
+                    failed[w] = f"did not answer within ray.call_timeout_s={self.ray_cfg.call_timeout_s:g} s"
+            pending = [k for k in pending if k not in results]
+            if not pending:
+                return [results[k] for k in range(len(items))]
+            if attempt == 1:
+                raise ActorFailed(f"{what}: rollout worker(s) {sorted(failed)} failed again after a restart: "
+                                  + "; ".join(failed.values()))
+            for w, reason in failed.items():
+                self._replace(w, f"{what}: rollout worker {w} {reason}")
+        raise AssertionError("unreachable")
+
+    def _replace(self, w: int, reason: str) -> None:
+        """Kill worker w and start a new engine holding the current weights (bounded: ray.max_restarts)."""
+        from rlreg.actors.session import ActorFailed, get_with_timeout, wait_for_actors
+
+        limit = self.ray_cfg.max_restarts
+        if self.restarts >= limit:
+            raise ActorFailed(f"{reason}; not restarted: {self.restarts} restart(s) already this run "
+                              f"(ray.max_restarts={limit})")
+        self.restarts += 1
+        print(f"rlreg: {reason}; starting a replacement ({self.restarts} of ray.max_restarts={limit})",
+              file=sys.stderr, flush=True)
+        ray.kill(self.workers[w], no_restart=True)  # a hung engine cannot be interrupted otherwise
+        worker = self._cls.remote(*self._args)
+        wait_for_actors(worker.ready.remote(), self.ray_cfg.actor_start_timeout_s,
+                        f"restarting rollout worker {w} (vLLM engine)")
+        if self._weights_ref is not None:  # else it loaded the model directory the group started from
+            get_with_timeout(worker.load_weights.remote(self._weights_ref), self.ray_cfg.call_timeout_s,
+                             f"loading the current weights into restarted rollout worker {w}")
+        self.workers[w] = worker
 
     def shutdown(self) -> None:
         for w in self.workers:

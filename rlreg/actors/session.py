@@ -5,7 +5,15 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from rlreg.errors import ConfigError, RemoteTimeout
+from rlreg.errors import ConfigError, RlregError, RemoteTimeout
+
+# A local Ray session rlreg starts: its core services (GCS, raylet, workers) listen on every network
+# interface (Ray 2.60 has no setting to bind them to loopback) and are protected by Ray's token auth.
+AUTH_MODE_ENV = "RAY_AUTH_MODE"
+
+
+class ActorFailed(RlregError, RuntimeError):
+    """A Ray actor died or stopped answering more often than ray.max_restarts allows."""
 
 
 @dataclass
@@ -18,6 +26,9 @@ class RayConfig:
     torch_threads: int = 0  # 0: as many as cores, set explicitly inside every actor
     actor_start_timeout_s: float = 300.0
     call_timeout_s: float = 900.0
+    # Replacements of a dead or hung rollout worker, and restores of a lost learner group, per run
+    # before it stops with an error (reward actors retry a failed chunk on a fresh actor each time).
+    max_restarts: int = 3
     # Custom Ray resources each rollout actor / learner rank also requests, e.g. {node_a: 0.1}
     # to place a role on nodes started with `--resources '{"node_a": 1}'` (multi-node placement).
     rollout_resources: dict = field(default_factory=dict)
@@ -27,12 +38,23 @@ class RayConfig:
         for key in ("rollout_cpus", "reward_cpus", "learner_cpus", "actor_start_timeout_s", "call_timeout_s"):
             if getattr(self, key) <= 0:
                 raise ConfigError(f"ray.{key} must be > 0, got {getattr(self, key)}")
+        if self.max_restarts < 0:
+            raise ConfigError(f"ray.max_restarts must be >= 0, got {self.max_restarts}")
         for key in ("rollout_resources", "learner_resources"):
             for name, amount in getattr(self, key).items():
                 if name in ("CPU", "GPU", "memory") or isinstance(amount, bool) \
                         or not isinstance(amount, (int, float)) or amount <= 0:
                     raise ConfigError(f"ray.{key}: '{name}: {amount!r}' must name a custom resource with an "
                                       f"amount > 0 (CPUs/GPUs come from ray.*_cpus and the device)")
+
+
+def actor_env() -> dict[str, str]:
+    """Environment the compute actors (rollout engines, learner ranks) start with; OpenMP reads it
+    once, at process start. By default an idle OpenMP thread spin-waits at each barrier: with a
+    team as large as the machine, any other running process (Ray's own, another actor, other
+    users) keeps a team member off its core and every op waits for a scheduler slice. PASSIVE lets
+    idle threads sleep: on 2 shared cores an RL step got 2-7x faster (benchmarks/README.md)."""
+    return {"OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
 
 
 def ensure_ray(cfg: RayConfig) -> None:
@@ -44,7 +66,15 @@ def ensure_ray(cfg: RayConfig) -> None:
     if address:
         ray.init(address=address, log_to_driver=True)
     else:
-        # Local session: no dashboard (it binds ports and costs start-up time on 2 cores).
+        # Local session: no dashboard and no job server (HTTP ports; start-up time on 2 cores). Its
+        # gRPC ports listen on every interface, so token auth stays on even if the environment says
+        # otherwise: unset, Ray's default for a local session is token auth with a generated token.
+        if os.environ.get(AUTH_MODE_ENV, "").lower() == "disabled":
+            import sys
+
+            print(f"rlreg: ignoring {AUTH_MODE_ENV}=disabled for the local Ray session (its ports listen on "
+                  "every network interface); token authentication stays on", file=sys.stderr)
+            del os.environ[AUTH_MODE_ENV]
         ray.init(num_cpus=cfg.num_cpus, include_dashboard=False, log_to_driver=True)
 
 
