@@ -39,11 +39,11 @@ def process_info() -> dict[str, Any]:
     """How the benchmark process itself runs (the peers' side)."""
     import torch
 
-    return {"omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "(OpenMP default)"),
-            "torch_threads": torch.get_num_threads(), "torch_loaded_before_env": _TORCH_EARLY}
+    return {"omp_wait_policy": _PEER_OMP, "torch_threads": torch.get_num_threads()}
 
 
 _TORCH_EARLY = "torch" in sys.modules  # if so, OMP_WAIT_POLICY set later has no effect here
+_PEER_OMP = "(not set by prepare_process)"
 
 
 def machine_info() -> dict[str, Any]:
@@ -147,9 +147,18 @@ def _cell(value: Any) -> str:
 def prepare_process() -> None:
     """Environment for the benchmark process, where the peers (HF generate, TRL) run. OpenMP reads
     OMP_WAIT_POLICY once, when torch loads: PASSIVE is the peers' fastest setting on this shared
-    2-core machine, as it is for rlreg's actors (rlreg.actors.session.actor_env), so both sides
-    get it. Engines and trainers print a lot; a benchmark's own table is what matters."""
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    2-core machine, as it is for rlreg's actors, so both sides get it. The variable is removed
+    again before Ray starts, so rlreg's actors get theirs from rlreg (rlreg.actors.session.actor_env)
+    and not by inheritance from this process — else a "before the fix" runner would have it too.
+    Engines and trainers print a lot; a benchmark's own table is what matters."""
+    global _PEER_OMP
+    given = os.environ.get("OMP_WAIT_POLICY")
+    os.environ["OMP_WAIT_POLICY"] = given or "PASSIVE"
+    import torch  # noqa: F401 (OpenMP initialises here and keeps the policy)
+
+    _PEER_OMP = os.environ["OMP_WAIT_POLICY"] if not _TORCH_EARLY else "(OpenMP default: torch loaded earlier)"
+    if given is None:
+        del os.environ["OMP_WAIT_POLICY"]
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # in-process engines (DESIGN.md)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -49,22 +49,22 @@ def check_allowed(tokens: np.ndarray, allowed: list[list[int]], who: str) -> Non
             raise AssertionError(f"{who}: a token outside the allowed set at position {position}")
 
 
-def measure_size(size: str, args: BenchArgs, batch: int, group: int, root) -> dict:
-    from rlreg import device
+def measure_size(size: str, args: BenchArgs, batch: int, group: int, root, hf_threads: tuple[int, ...]) -> dict:
+    import torch
+
     from rlreg.actors.rollout import RolloutGroup
 
     cfg, task = make_task(size, root)
     allowed = task.allowed_hf
     length = len(allowed)
-    device.configure_torch_threads()  # the HF side runs here, with the same thread count as the actor
     rollout = RolloutGroup(task.model_dir, cfg.engine, cfg.model.max_positions, cfg.ray, workers=1)
     hf = hf_sampler(task.model_dir, allowed, task.codec.meta.pad_id, group)
     prompts = task.prompts["train"]
-    calls = {"rlreg": 0, "hf_generate": 0}
+    calls: dict[str, int] = {}
 
     def batch_for(side: str) -> list[list[int]]:
-        k = calls[side]
-        calls[side] += 1
+        """The k-th call of every side gets the same, fresh batch of prompts."""
+        k = calls[side] = calls.get(side, -1) + 1
         start = (k * batch) % max(1, len(prompts) - batch)
         return prompts[start : start + batch]
 
@@ -75,21 +75,27 @@ def measure_size(size: str, args: BenchArgs, batch: int, group: int, root) -> di
         check_allowed(out["s"].token_ids, allowed, "rlreg")
         return t
 
-    def run_hf() -> float:
-        p = batch_for("hf_generate")
-        out = {}
-        t = timed(lambda: out.setdefault("s", hf(p)))
-        check_allowed(out["s"], allowed, "hf_generate")
-        return t
+    def run_hf(threads: int):
+        def call() -> float:
+            torch.set_num_threads(threads)  # HF runs in this process: try each setting, count the fastest
+            p = batch_for(f"hf_{threads}")
+            out = {}
+            t = timed(lambda: out.setdefault("s", hf(p)))
+            check_allowed(out["s"], allowed, "hf_generate")
+            return t
+        return call
 
+    runners = {"rlreg": run_rlreg, **{f"hf_generate_{t}_threads": run_hf(t) for t in hf_threads}}
     try:
-        raw = interleaved({"rlreg": run_rlreg, "hf_generate": run_hf}, args.repeats)
+        raw = interleaved(runners, args.repeats)
     finally:
         rollout.shutdown()
     tokens = batch * group * length
     seconds = {k: median(v) for k, v in raw.items()}
+    best = min((k for k in seconds if k.startswith("hf_")), key=seconds.get)
+    seconds["hf_generate"] = seconds[best]
     return {"params": parameter_count(task), "prompt_tokens_mean": float(np.mean([len(p) for p in prompts])),
-            "seconds": seconds, "tokens_per_s": {k: tokens / s for k, s in seconds.items()},
+            "seconds": seconds, "tokens_per_s": {k: tokens / s for k, s in seconds.items()}, "hf_fastest": best,
             "ratio": seconds["hf_generate"] / seconds["rlreg"], "raw_seconds": raw}
 
 
@@ -98,19 +104,22 @@ def run(args: BenchArgs) -> dict:
     batch, group = (2, 4) if args.quick else (8, 16)
     load_before = load_average()
     start_ray()
+    hf_threads = (1,) if args.quick else (1, 2)
     with workdir() as root:
-        per_size = {size: measure_size(size, args, batch, group, root) for size in sizes}
+        per_size = {size: measure_size(size, args, batch, group, root, hf_threads) for size in sizes}
     headline = sizes[-1]
     config = {"sizes": sizes, "batch_inputs": batch, "group_size": group, "number_tokens": 8,
               "temperature": 1.0, "dtype": "float32", "repeats": args.repeats, "warmup_rounds": 1,
               "rlreg": "RolloutGroup (1 Ray actor, in-process vLLM engine, prefix caching, block 32)",
-              "peer": "transformers generate (KV cache, left-padded batch, num_return_sequences=G)"}
+              "peer": "transformers generate (KV cache, left-padded batch, num_return_sequences=G)",
+              "torch_threads": "rlreg: ray.torch_threads default (all cores) in the actor; HF: each of "
+                               f"{list(hf_threads)} tried in this process, fastest counted"}
     medians = {size: {"tokens_per_s": r["tokens_per_s"], "seconds": r["seconds"], "params": r["params"],
-                      "ratio": r["ratio"]} for size, r in per_size.items()}
-    rows = [[size, r["params"], r["tokens_per_s"]["rlreg"], r["tokens_per_s"]["hf_generate"], r["ratio"]]
-            for size, r in per_size.items()]
+                      "ratio": r["ratio"], "hf_fastest": r["hf_fastest"]} for size, r in per_size.items()}
+    rows = [[size, r["params"], r["tokens_per_s"]["rlreg"], r["tokens_per_s"]["hf_generate"], r["hf_fastest"],
+             r["ratio"]] for size, r in per_size.items()]
     print_table("rollout: generated number tokens per second (median)",
-                ["size", "params", "rlreg tok/s", "HF generate tok/s", "ratio"], rows)
+                ["size", "params", "rlreg tok/s", "HF generate tok/s", "HF fastest", "ratio"], rows)
     return result(NAME, config, medians, {s: r["raw_seconds"] for s, r in per_size.items()},
                   per_size[headline]["ratio"], f"rlreg tokens/s over HF generate tokens/s at {headline}",
                   load_before, target=3.0)

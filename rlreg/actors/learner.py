@@ -360,26 +360,12 @@ class LearnerGroup:
         parts = self._call_all("token_logprobs", [(s, temperature) for s in shards], "learner logprobs")
         return np.concatenate(parts)
 
-    def reference_logprobs(self, batch: dict, temperature: float = 1.0) -> np.ndarray:
-        """logp [N, L] of the given tokens under the frozen starting model (for KL terms)."""
-        import torch
-        from transformers import AutoModelForCausalLM
-
-        from rlreg.model.logprobs import answer_logits, gather_tokens
-
-        if self._reference is None:
-            self._reference = AutoModelForCausalLM.from_pretrained(self.model_dir, dtype=torch.float32)
-            self._reference.to(self.device).eval().requires_grad_(False)
-        tokens = torch.as_tensor(np.asarray(batch["tokens"]), dtype=torch.long, device=self.device)
-        with torch.no_grad():
-            logits = answer_logits(self._reference, batch["prompts"], self.head.token_ids[tokens], self.meta.pad_id)
-            return gather_tokens(self.head.logprobs(logits, temperature), tokens).cpu().numpy()
-
     def greedy(self, batch: dict) -> np.ndarray:
         shards = self._shards(batch)
         return np.concatenate(self._call_all("greedy", [(s,) for s in shards], "learner greedy decode"))
 
     def reference_logprobs(self, batch: dict, temperature: float = 1.0) -> np.ndarray:
+        """logp [N, L] of the given tokens under the frozen starting model (for KL terms)."""
         shards = self._shards(batch)
         parts = self._call_all("reference_logprobs", [(s, temperature) for s in shards], "reference logprobs")
         return np.concatenate(parts)

@@ -7,9 +7,10 @@ from typing import Any
 
 from rlreg.errors import ConfigError, RlregError, RemoteTimeout
 
-# A local Ray session rlreg starts: its core services (GCS, raylet, workers) listen on every network
-# interface (Ray 2.60 has no setting to bind them to loopback) and are protected by Ray's token auth.
 AUTH_MODE_ENV = "RAY_AUTH_MODE"
+# Ray binds its services (GCS, raylet, workers, agents, metrics) to the node IP, which on Linux is the
+# address other machines reach; with this off it uses loopback, as Ray does on macOS and Windows.
+CLUSTER_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
 
 class ActorFailed(RlregError, RuntimeError):
@@ -53,8 +54,18 @@ def actor_env() -> dict[str, str]:
     once, at process start. By default an idle OpenMP thread spin-waits at each barrier: with a
     team as large as the machine, any other running process (Ray's own, another actor, other
     users) keeps a team member off its core and every op waits for a scheduler slice. PASSIVE lets
-    idle threads sleep: on 2 shared cores an RL step got 2-7x faster (benchmarks/README.md)."""
+    idle threads sleep. Measured on 2 cores beside one busy process: an RL step 8.2 s → 4.4 s
+    (25 M parameters), 4.0 s → 0.56 s (1 M); on a quiet machine the two are even (benchmarks/README.md)."""
     return {"OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
+
+
+def _loopback_only() -> None:
+    """A local session rlreg starts serves this machine only: bind every Ray port to 127.0.0.1.
+    Ray reads the switch at import (ray_constants) and in the processes it starts (environment)."""
+    from ray._private import ray_constants
+
+    os.environ[CLUSTER_ENV] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
 
 
 def ensure_ray(cfg: RayConfig) -> None:
@@ -66,15 +77,16 @@ def ensure_ray(cfg: RayConfig) -> None:
     if address:
         ray.init(address=address, log_to_driver=True)
     else:
-        # Local session: no dashboard and no job server (HTTP ports; start-up time on 2 cores). Its
-        # gRPC ports listen on every interface, so token auth stays on even if the environment says
-        # otherwise: unset, Ray's default for a local session is token auth with a generated token.
+        # Local session: no dashboard and no job server (HTTP ports; start-up time on 2 cores), every
+        # port on loopback, and token auth on even if the environment says otherwise (unset, Ray's
+        # default for a local session is token auth with a generated token).
         if os.environ.get(AUTH_MODE_ENV, "").lower() == "disabled":
             import sys
 
-            print(f"rlreg: ignoring {AUTH_MODE_ENV}=disabled for the local Ray session (its ports listen on "
-                  "every network interface); token authentication stays on", file=sys.stderr)
+            print(f"rlreg: ignoring {AUTH_MODE_ENV}=disabled for the local Ray session (any user of this "
+                  "machine could run code through its ports); token authentication stays on", file=sys.stderr)
             del os.environ[AUTH_MODE_ENV]
+        _loopback_only()
         ray.init(num_cpus=cfg.num_cpus, include_dashboard=False, log_to_driver=True)
 
 

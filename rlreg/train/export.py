@@ -20,10 +20,14 @@ def copy_model_extras(src: str | Path, dst: str | Path) -> None:
 
 
 def atomic_replace_dir(tmp: Path, final: Path) -> None:
-    """Swap a fully written directory into place, so a crash never leaves half a model there."""
+    """Swap a fully written directory into place, so a crash never leaves half a model there.
+    A crash between the two renames leaves `final` missing and `final.old` whole: put it back first."""
     old = final.with_name(final.name + ".old")
     if old.exists():
-        shutil.rmtree(old)
+        if final.exists():
+            shutil.rmtree(old)
+        else:
+            old.rename(final)
     if final.exists():
         final.rename(old)
     tmp.rename(final)

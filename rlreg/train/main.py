@@ -35,15 +35,20 @@ def _print_report(task, rows: list[dict], run_dir: Path, wall_s: float) -> None:
     print(f"\ndone in {wall_s:.0f} s; metrics: {run_dir / 'metrics.json'}")
 
 
-def _prepare(cfg, command: str):
+def _prepare(cfg, command: str, resume: bool = False):
     from rlreg.actors.session import ensure_ray
     from rlreg.rundir import make_run_dir
-    from rlreg.train.task import prepare_task
+    from rlreg.train.task import TASK_FILE, prepare_task, require_splits
 
     run_dir = make_run_dir(cfg, command)
     print(f"run dir: {run_dir}")
     init = Path(cfg.sft.init_from) if cfg.sft.init_from else None
+    if resume and init is None and (run_dir / "model" / TASK_FILE).is_file():
+        # The run's own built model (task.json is written after it): its prompt tokenizer and
+        # fitted scaler are what the saved checkpoints were trained with.
+        init = run_dir / "model"
     task = prepare_task(cfg, run_dir, model_dir=init)
+    require_splits(task.dataset.name, task.y, cfg.data)  # also for a given model (sft.init_from)
     print(f"data: {task.dataset.name}: " + ", ".join(f"{k} {len(v)}" for k, v in task.y.items()))
     ensure_ray(cfg.ray)
     return run_dir, task
@@ -87,24 +92,39 @@ def run_supervised(cfg, command: str = "sft") -> dict:
     return payload
 
 
+def _resume_hint(run_dir: Path) -> str:
+    import json
+
+    from rlreg.train.rl import LATEST
+
+    latest = run_dir / "rl_checkpoints" / LATEST
+    where = (f"from checkpoint {latest.parent / json.loads(latest.read_text())['tag']}" if latest.is_file()
+             else "from the start of RL (no RL checkpoint yet: set rl.checkpoint_every)")
+    return f"continue it {where} with: rlreg train CONFIG --resume {run_dir}"
+
+
 def run_train(cfg, resume: bool = False) -> dict:
     """Supervised stage (or its checkpoint), then RL; metrics.json holds "before" (the supervised
     model) and the final metrics, evaluated the same way by sampling through the same engines."""
+    from rlreg.actors.session import ActorFailed
     from rlreg.evaluate.report import write_metrics_json
     from rlreg.evaluate.sampling import evaluate_model, run_baselines
     from rlreg.train.export import atomic_replace_dir
-    from rlreg.train.rl import RLRunner, train_rl
+    from rlreg.train.rl import RLRunner, require_rl_resources, train_rl
 
     if not cfg.rl.enabled:
         return run_supervised(cfg, "train")
     started = time.monotonic()
-    run_dir, task = _prepare(cfg, "train")
+    run_dir, task = _prepare(cfg, "train", resume)
+    require_rl_resources(cfg)  # before the supervised stage: fail in seconds, not after it
     start = _supervised_checkpoint(cfg, task, run_dir, "sft_checkpoint")
     runner = RLRunner(cfg, task, start, run_dir)
     try:
         before = evaluate_model(runner.rollout, task, cfg.eval, run_dir, "before")
         final_dir, _ = train_rl(runner, resume=resume)
         after = evaluate_model(runner.rollout, task, cfg.eval, run_dir, "rl")
+    except ActorFailed as err:  # restarts used up: say how to continue
+        raise ActorFailed(f"{err}. The run stopped; {_resume_hint(run_dir)}") from err
     finally:
         runner.shutdown()
     checkpoint = run_dir / "checkpoint"

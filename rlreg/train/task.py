@@ -51,14 +51,27 @@ class Task:
         return self.codec.number_ids[number_ids]
 
 
-def encode_targets(number_tokenizer, scaled: np.ndarray, where: str) -> np.ndarray:
+# What to change when a target falls outside what a number format can write.
+RANGE_HINTS = {
+    "normalized": "it writes values in [0, 1]: set numbers.scaler to zscore_minmax, quantile or signed_log "
+                  "(identity leaves the targets as they are)",
+    "ieee": "raise numbers.exponent_digits (E digits write exponents up to 10^E - 1)",
+    "p10": "widen numbers.min_exponent / numbers.max_exponent",
+}
+
+
+def encode_targets(number_tokenizer, scaled: np.ndarray, where: str, original: np.ndarray | None = None,
+                   scaler: str = "") -> np.ndarray:
     rows = []
     for i, value in enumerate(scaled):
         try:
             rows.append(number_tokenizer.encode_ids(float(value)))
         except (DataError, ValueError) as err:
-            raise DataError(f"{where} row {i}: target {value!r} (after scaling) cannot be written by the "
-                            f"{number_tokenizer.name} number tokenizer: {err}") from err
+            name = number_tokenizer.name
+            shown = f"target {float(value):g}" if original is None else \
+                f"target {float(original[i]):g} ({float(value):g} after numbers.scaler={scaler or '?'})"
+            raise DataError(f"{where} row {i}: {shown} cannot be written by numbers.tokenizer={name} ({err}); "
+                            f"{RANGE_HINTS.get(name, 'change the numbers.* settings')}") from err
     return np.asarray(rows, dtype=np.int64).reshape(len(scaled), number_tokenizer.length)
 
 
@@ -131,6 +144,16 @@ def record_task_info(model_dir: str | Path, **keys) -> None:
     write_metrics_json(Path(model_dir, TASK_FILE), {**read_task_file(model_dir), **keys})
 
 
+def require_splits(name: str, y: dict, data_cfg) -> None:
+    """Training selects on val and reports on test: each of train, val and test needs rows."""
+    empty = [split for split in SPLITS if len(y[split]) == 0]
+    if empty:
+        sizes = ", ".join(f"{split} {len(y[split])}" for split in SPLITS)
+        raise DataError(f"{name}: the {' and '.join(empty)} split(s) are empty ({sizes}); training "
+                        f"needs rows in each: use more rows (data.max_rows) or set data.val_fraction / "
+                        f"data.test_fraction above 0 (now {data_cfg.val_fraction} / {data_cfg.test_fraction})")
+
+
 def prepare_task(cfg, run_dir: Path, model_dir: Path | None = None) -> Task:
     """Load data, fit the scaler on train targets, encode targets, build (or reuse) the model."""
     from rlreg.data import load_dataset
@@ -148,8 +171,10 @@ def prepare_task(cfg, run_dir: Path, model_dir: Path | None = None) -> Task:
     if scaler is None:
         scaler = build_scaler(cfg.numbers.scaler, cfg.numbers.scaler_margin).fit(dataset.y[splits["train"]])
     y = {name: dataset.y[idx] for name, idx in splits.items()}
-    target_tokens = {name: encode_targets(number_tokenizer, scaler.transform(y[name]), f"{dataset.name} {name}")
-                     for name in SPLITS}
+    if model_dir is None:  # a new model is for training: check before building it
+        require_splits(dataset.name, y, cfg.data)
+    target_tokens = {name: encode_targets(number_tokenizer, scaler.transform(y[name]), f"{dataset.name} {name}",
+                                          y[name], scaler.name) for name in SPLITS}
     reused = model_dir is not None
     if model_dir is None:
         model_dir = Path(run_dir) / "model"
