@@ -121,7 +121,9 @@ def ray_head():
 
 
 def _ray_job(head: dict, *args: str, timeout: float = 60) -> str:
-    out = subprocess.run([str(VENV_BIN / "ray"), "job", *args, "--address", head["address"]], env=head["env"],
+    # --address right after the subcommand: anything after `--` belongs to the job's entrypoint.
+    command, *rest = args
+    out = subprocess.run([str(VENV_BIN / "ray"), "job", command, "--address", head["address"], *rest], env=head["env"],
                          capture_output=True, text=True, timeout=timeout)
     return out.stdout + out.stderr
 
@@ -144,7 +146,12 @@ def test_rlreg_train_job_submit_joins_the_cluster(ray_head, tmp_path):
     job_id = f"rlreg-test-{os.getpid()}"
     entrypoint = (f"python -c 'import sys; print(\"job python:\", sys.executable)' && "
                   f"python -m rlreg train {' '.join(TINY)} run_dir={run_dir}")
-    submitted = _ray_job(ray_head, "submit", "--no-wait", "--submission-id", job_id, "--", entrypoint)
+    deadline = time.monotonic() + 120
+    while True:  # a fresh head's job agent comes up a few seconds after the dashboard
+        submitted = _ray_job(ray_head, "submit", "--no-wait", "--submission-id", job_id, "--", entrypoint)
+        if "No available agent" not in submitted or time.monotonic() > deadline:
+            break
+        time.sleep(3)
     assert job_id in submitted, submitted
 
     status = _wait_for_job(ray_head, job_id)
