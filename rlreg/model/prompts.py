@@ -23,7 +23,10 @@ class PromptCodec:
 
     @property
     def number_length(self) -> int:
-        return int(self.meta.number_tokenizer["length"])
+        # Only some tokenizer specs store their length; the built tokenizer always knows it.
+        from rlreg.numbers.registry import build_number_tokenizer
+
+        return build_number_tokenizer(self.meta.number_tokenizer).length
 
     def encode(self, texts: Sequence[str]) -> list[list[int]]:
         """[bos] + BPE(text) + [answer]; a prompt too long for the model is an error naming its row."""
