@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from reward_cases import reward_case
 
 TINY = ["data.max_rows=200", "model.layers=1", "model.hidden=64", "model.heads=2", "model.prompt_vocab=300",
         "numbers.base=2", "numbers.length=6", "sft.enabled=false"]
@@ -156,38 +157,9 @@ def test_bad_input_invalid_resources_fail_fast_as_a_process(tmp_path):
 
 # --- values produced mid-run: counted, reported penalties, never a crash -----------------------------
 
-REWARDS = """
-import time
-import numpy as np
-
-def raises(pred, target, **columns):
-    raise RuntimeError("boom")
-
-def some_nan(pred, target, **columns):
-    out = -np.abs(pred - target)
-    out[::2] = np.nan
-    return out
-
-def wrong_shape(pred, target, **columns):
-    return np.zeros(len(pred) + 1)
-
-def slow(pred, target, **columns):
-    time.sleep(5)
-    return -np.abs(pred - target)
-"""
-
-
 @pytest.fixture(scope="module")
 def reward_setup(tmp_path_factory):
-    from rlreg.numbers.normalized import NormalizedDigits
-    from rlreg.numbers.scalers import build_scaler
-
-    path = write(tmp_path_factory.mktemp("rewards") / "user_rewards.py", REWARDS)
-    tok = NormalizedDigits(base=2, length=6)
-    scaler = build_scaler("zscore_minmax").fit(np.linspace(0.0, 10.0, 50))
-    targets = np.array([1.0, 4.0, 7.5, 9.0])
-    ids = np.asarray([tok.encode_ids(float(v)) for v in scaler.transform(targets)])
-    return path, tok, scaler, targets, ids
+    return reward_case(tmp_path_factory.mktemp("rewards"))
 
 
 def _score(reward_setup, fn: str, ids=None, **kw) -> dict:

@@ -1,52 +1,20 @@
 """The reward pool on real Ray actors: user reward functions by import path; functions that raise,
 return NaN, return the wrong shape or hang are cut off, counted and reported; invalid sequences get
 the penalty; a killed reward actor's chunk is retried on a replacement."""
-import textwrap
-
 import numpy as np
 import pytest
 
 from rlreg.actors.reward import RewardConfig, RewardPool
 from rlreg.actors.session import RayConfig
-from rlreg.numbers.normalized import NormalizedDigits
-from rlreg.numbers.scalers import build_scaler
+
+from reward_cases import reward_case
 
 pytestmark = pytest.mark.engine
-
-USER_REWARDS = textwrap.dedent("""
-    import time
-    import numpy as np
-
-    def half_error(pred, target, **columns):
-        return -0.5 * np.abs(pred - target)
-
-    def raises(pred, target, **columns):
-        raise RuntimeError("boom")
-
-    def some_nan(pred, target, **columns):
-        out = -np.abs(pred - target)
-        out[::2] = np.nan
-        return out
-
-    def wrong_shape(pred, target, **columns):
-        return np.zeros(len(pred) + 1)
-
-    def hangs(pred, target, **columns):
-        time.sleep(30)
-        return -np.abs(pred - target)
-""")
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    path = tmp_path_factory.mktemp("rewards") / "user_rewards.py"
-    path.write_text(USER_REWARDS)
-    tok = NormalizedDigits(base=2, length=6)
-    y_train = np.linspace(0.0, 10.0, 50)
-    scaler = build_scaler("zscore_minmax").fit(y_train)
-    targets = np.array([1.0, 4.0, 7.5, 9.0])
-    ids = np.asarray([tok.encode_ids(float(v)) for v in scaler.transform(targets)])
-    return path, tok, scaler, targets, ids
+    return reward_case(tmp_path_factory.mktemp("rewards"))
 
 
 def make_pool(setup, fn, **kw):
