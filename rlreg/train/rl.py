@@ -140,8 +140,7 @@ class RLRunner:
                                torch.ones(ref.shape), rl.kl_kind, rl.kl_coef)
             rewards = rewards - kl.reshape(batch_size, group)
             stats["kl_reward"] = float(kl.mean())
-            if baseline is not None:
-                baseline = baseline  # the greedy decode's KL is not estimated; ReMax uses its raw reward
+            # The greedy decode's KL is not estimated: ReMax's baseline stays its raw reward.
         keep = np.ones(batch_size, dtype=bool)
         if rl.std_filter_tol is not None:
             keep = std_filter(rewards, rl.std_filter_tol)
