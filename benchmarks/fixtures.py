@@ -46,10 +46,16 @@ def workdir() -> Iterator[Path]:
 
 def start_ray(num_cpus: int = 4) -> None:
     """A private local Ray session (never another engineer's cluster). Logical CPUs are only
-    scheduling tokens: 4 lets two engines, the learner and the reward actors all be placed."""
+    scheduling tokens: 4 lets two engines, the learner and the reward actors all be placed.
+    Ray runs its workers at niceness 15 by default; the peers run in this process at 0, so on a
+    shared machine rlreg's actors would queue behind other users' jobs and the peer would not:
+    both sides get niceness 0 here."""
+    import os
+
     import ray
 
     if not ray.is_initialized():
+        os.environ.setdefault("RAY_worker_niceness", "0")
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
 
 

@@ -2,8 +2,6 @@
 rlreg hands vLLM, as a transformers LogitsProcessor, so both sides sample the same distribution."""
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 
@@ -32,15 +30,3 @@ class PositionConstraint(LogitsProcessor):
 
 def constrained(allowed: list[list[int]], input_ids: torch.Tensor) -> LogitsProcessorList:
     return LogitsProcessorList([PositionConstraint(allowed, input_ids.shape[1])])
-
-
-def constrain_generate(model, allowed: list[list[int]]) -> None:
-    """Make every `model.generate(input_ids=...)` call (e.g. TRL's, which takes no logits processor
-    of its own) sample under the per-position constraint."""
-    original = model.generate
-
-    def generate(*args: Any, **kwargs: Any):
-        input_ids = kwargs.get("input_ids", args[0] if args else None)
-        return original(*args, logits_processor=constrained(allowed, input_ids), **kwargs)
-
-    model.generate = generate

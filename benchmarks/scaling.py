@@ -86,9 +86,13 @@ def setting(runner, group: int, batch: int, rollout=None):
 
 @contextlib.contextmanager
 def busy_neighbour() -> Iterator[None]:
-    """One CPU-bound process beside the step (at Ray's worker niceness, like another user's actor):
-    a controlled version of what this shared machine usually has. Bounded: killed on exit."""
-    proc = subprocess.Popen(["nice", "-n", "15", sys.executable, "-c", "while True: pass"])
+    """One CPU-bound process beside the step, at the actors' own niceness (equal priority, like
+    another user's actor beside Ray's default niceness 15): a controlled version of what this
+    shared machine usually has. Bounded: killed on exit."""
+    import os
+
+    niceness = os.environ.get("RAY_worker_niceness", "15")  # what start_ray gave the actors
+    proc = subprocess.Popen(["nice", "-n", niceness, sys.executable, "-c", "while True: pass"])
     try:
         time.sleep(0.3)
         yield
@@ -200,7 +204,8 @@ def run(args: BenchArgs) -> dict:
               "base": {"group_size": base_g, "batch_size": base_b}, "number_tokens": 8,
               "torch_threads": "ray.torch_threads default (all cores) unless the setting says 1",
               "omp_wait_policy": "PASSIVE (rlreg.actors.session.actor_env) unless the setting says before fix",
-              "busy_neighbour": "one `nice -n 15 python -c 'while True: pass'` process during those steps",
+              "busy_neighbour": "one `python -c 'while True: pass'` process during those steps, at the Ray "
+                                "workers' niceness (equal priority)",
               "fix_ab_sizes": list(fix), "repeats": args.repeats, "warmup_rounds": 1, "advantage": "grpo"}
     raw = {**records, **{f"{small} {n}": v for n, v in ab_small.items()}}
     return result(NAME, config, medians, raw, fix[size]["busy_neighbour"]["speedup"],

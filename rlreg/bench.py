@@ -11,7 +11,7 @@ from pathlib import Path
 
 from rlreg.errors import ConfigError
 
-BENCHMARKS = ("rollout", "step", "learner", "sync", "scaling")
+BENCHMARKS = ("rollout", "step", "learner", "sync", "scaling", "quality")
 
 
 def _import_benchmarks():
@@ -38,6 +38,8 @@ def load_benchmark(name: str):
 
 def run_benchmark(name: str, output: str | None = None, repeats: int | None = None, quick: bool = False) -> Path:
     """Run one benchmark, write its JSON, return the path. `quick`: smoke mode (tiny model, 1 repeat)."""
+    if name == "quality":  # presets instead of repeats
+        return run_quality_benchmark("small" if quick else None, output)
     _import_benchmarks()
     from benchmarks.common import BenchArgs, prepare_process, write_result
 
@@ -56,3 +58,12 @@ def run_benchmark(name: str, output: str | None = None, repeats: int | None = No
     path = write_result(data, args.output, quick)
     print(f"\n{name}: ratio {data['ratio']:.3g} ({data['ratio_means']}); wrote {path}")
     return path
+
+
+def run_quality_benchmark(preset: str | None, output: str | None, splits: int | None = None,
+                          datasets: list[str] | None = None, methods: list[str] | None = None) -> Path:
+    """`rlreg bench quality`: its own options (a preset instead of repeats); see benchmarks/quality.py."""
+    _import_benchmarks()
+    from benchmarks.quality import run_quality
+
+    return run_quality(preset or "small", output, splits, datasets, methods)

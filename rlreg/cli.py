@@ -75,8 +75,13 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from rlreg.bench import run_benchmark
+    from rlreg.bench import run_benchmark, run_quality_benchmark
 
+    if args.name == "quality":
+        run_quality_benchmark(args.preset, args.output, args.splits, args.datasets, args.methods)
+        return 0
+    if args.preset or args.splits or args.datasets or args.methods:
+        print("note: --preset/--splits/--datasets/--methods apply only to `rlreg bench quality`", file=sys.stderr)
     run_benchmark(args.name, output=args.output, repeats=args.repeats, quick=args.quick)
     return 0
 
@@ -141,13 +146,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     from rlreg.bench import BENCHMARKS
 
-    bench = sub.add_parser("bench", help="performance benchmarks vs HF generate / TRL (JSON + table)",
+    bench = sub.add_parser("bench", help="speed benchmarks vs HF generate / TRL, and the quality benchmark",
                            epilog="Writes benchmarks/results/NAME.json unless --output is given; see benchmarks/README.md.")
     bench.add_argument("name", choices=BENCHMARKS, metavar="NAME", help=", ".join(BENCHMARKS))
     bench.add_argument("--output", metavar="FILE.json", default=None)
     bench.add_argument("--repeats", type=int, default=None, metavar="N",
                        help="timed repeats per side (default 3; 1 with --quick)")
     bench.add_argument("--quick", action="store_true", help="smoke mode: tiny model, few repeats")
+    comma_list = lambda text: [part.strip() for part in text.split(",") if part.strip()]  # noqa: E731
+    bench.add_argument("--preset", choices=("small", "full"), default=None,
+                       help="quality only: small (CI: tiny models, one split) or full (default small)")
+    bench.add_argument("--splits", type=int, default=None, metavar="N", help="quality only: first N splits")
+    bench.add_argument("--datasets", type=comma_list, default=None, metavar="A,B",
+                       help="quality only: a subset of the preset's datasets, e.g. uci:yacht,sqlcard:scale")
+    bench.add_argument("--methods", type=comma_list, default=None, metavar="A,B",
+                       help="quality only: a subset of methods, e.g. CE,CE+ReMax (RL methods bring CE)")
     bench.set_defaults(func=_cmd_bench)
     return parser
 

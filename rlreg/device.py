@@ -7,23 +7,63 @@ from __future__ import annotations
 import functools
 import os
 
+from rlreg.errors import ConfigError
+
+DEVICE_ENV = "RLREG_DEVICE"  # cpu | gpu (or cuda) | unset/auto: what this process's torch sees
+
+
+def _requested() -> str:
+    value = os.environ.get(DEVICE_ENV, "").strip().lower()
+    if value in ("", "auto"):
+        return "auto"
+    if value in ("gpu", "cuda"):
+        return "gpu"
+    if value == "cpu":
+        return "cpu"
+    raise ConfigError(f"{DEVICE_ENV}={value!r}: use cpu, gpu or auto (unset)")
+
 
 @functools.lru_cache(maxsize=1)
 def has_cuda() -> bool:
-    if os.environ.get("RLREG_DEVICE", "").lower() == "cpu":
-        return False
+    """Whether rlreg runs on CUDA: plans GPU resources and nccl, and places tensors on cuda.
+
+    RLREG_DEVICE=gpu answers True without asking torch: the driver that plans the run (a CPU-only
+    head, a laptop submitting to GPU workers) need not have a GPU itself, only the actors Ray puts on
+    GPU nodes. Those actors call `device_name` / `dist_backend`, which check that CUDA is really there."""
+    requested = _requested()
+    if requested != "auto":
+        return requested == "gpu"
     import torch
 
     return torch.cuda.is_available()
 
 
+@functools.lru_cache(maxsize=1)
+def _require_cuda() -> None:
+    """In a process that computes on the GPU: fail with a clear message if this node has none."""
+    import torch
+
+    if not torch.cuda.is_available():
+        import socket
+
+        raise ConfigError(f"{DEVICE_ENV}=gpu but torch on {socket.gethostname()} sees no CUDA device "
+                          f"(torch {torch.__version__}, CUDA build {torch.version.cuda or 'none'}): start the "
+                          f"GPU actors on GPU nodes, or set {DEVICE_ENV}=cpu")
+
+
 def device_name() -> str:
-    return "cuda" if has_cuda() else "cpu"
+    if has_cuda():
+        _require_cuda()
+        return "cuda"
+    return "cpu"
 
 
 def dist_backend() -> str:
     """torch.distributed backend for learner ranks: nccl between GPUs, gloo on CPU."""
-    return "nccl" if has_cuda() else "gloo"
+    if has_cuda():
+        _require_cuda()
+        return "nccl"
+    return "gloo"
 
 
 def ray_gpus_per_actor(requested: float) -> float:

@@ -83,3 +83,36 @@ def test_killed_reward_actor_is_replaced_and_its_chunk_retried(ray_session, setu
         pool.shutdown()
     assert pool.retries >= 1
     assert out["valid"].all() and np.isfinite(out["rewards"]).all()
+
+
+class _DiesOnStart:
+    """Stands in for the pool's actor class: every replacement it starts is killed at once."""
+
+    def __init__(self, cls):
+        self.cls = cls
+
+    def remote(self, *args):
+        import ray
+
+        actor = self.cls.remote(*args)
+        ray.kill(actor)
+        return actor
+
+
+def test_reward_chunk_failing_again_on_its_replacement_is_actor_failed(ray_session, setup):
+    import ray
+
+    from rlreg.actors.session import ActorFailed
+
+    _, _, _, targets, ids = setup
+    pool = make_pool(setup, "neg_mse")
+    try:
+        for worker in pool.workers:
+            ray.kill(worker)
+        pool._cls = _DiesOnStart(pool._cls)
+        with pytest.raises(ActorFailed, match=r"reward pool: chunk 0 \(rows 0-1\) failed on reward actor 0 "
+                                              r"\(\w*ActorDiedError.*\) and again on its replacement"):
+            pool.score(ids, targets)
+    finally:
+        pool.shutdown()
+    assert pool.retries == 1

@@ -12,7 +12,6 @@ import sys
 import textwrap
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from rlreg.errors import ConfigError
@@ -96,7 +95,8 @@ def test_safe_defaults_no_unsafe_deserialisation_in_rlreg():
                 offenders.append(where)
             elif name in ("load", "loads") and owner in ("pickle", "cloudpickle", "dill"):
                 offenders.append(where)
-            elif "allow_pickle" in kw and not (isinstance(kw["allow_pickle"], ast.Constant) and not kw["allow_pickle"].value):
+            elif "allow_pickle" in kw and not (isinstance(kw["allow_pickle"], ast.Constant)
+                                               and kw["allow_pickle"].value is False):
                 offenders.append(where)
             elif name == "from_pretrained" and "Tokenizer" not in owner and not _is_true(kw.get("use_safetensors")):
                 offenders.append(where)

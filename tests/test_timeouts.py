@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 RLREG = Path(__file__).resolve().parents[1] / "rlreg"
-CALL_TIMEOUT_S = 8.0  # what the hung engine is given before it is replaced
+CALL_TIMEOUT_S = 10.0  # what the hung engine is given before it is replaced (a healthy call: < 1 s)
 
 
 def test_timeout_every_remote_wait_in_rlreg_is_time_limited():
@@ -77,7 +77,7 @@ def test_timeout_hung_rollout_worker_is_replaced_with_current_weights(group, tin
     # ray.max_restarts=1 is used up: the next hang stops with an error naming the limit, in bound.
     group.workers[0].debug_sleep.remote(600)
     t0 = time.monotonic()
-    with pytest.raises(ActorFailed, match=r"did not answer within ray.call_timeout_s=8 s.*ray.max_restarts=1"):
+    with pytest.raises(ActorFailed, match=r"did not answer within ray.call_timeout_s=10 s.*ray.max_restarts=1"):
         _greedy_logprobs(group, tiny_task)
     assert time.monotonic() - t0 < CALL_TIMEOUT_S + 10
 

@@ -115,7 +115,8 @@ def test_tune_two_trials_end_to_end(tmp_path):
     env.update(RAY_TMPDIR=str(temp_root), RAY_USAGE_STATS_ENABLED="0")
     args = [*TINY, "sft.steps=10", "sft.eval_every=5", "rl.steps=4", "rl.eval_every=2", "rl.batch_size=4",
             "rl.eval_samples=4", "reward.workers=1", "eval.samples=4", "eval.n_boot=50", "eval.plots=false",
-            "ray.num_cpus=2", f"run_dir={run_dir}"]
+            "ray.num_cpus=2", "ray.rollout_cpus=0.4", "ray.learner_cpus=0.4", "ray.torch_threads=1",
+            "tune.max_concurrent=2", f"run_dir={run_dir}"]  # 1 CPU per trial: both trials run at once
     try:
         proc = subprocess.run([sys.executable, "-m", "rlreg", "tune", str(config), *args], env=env,
                               capture_output=True, text=True, timeout=420)
@@ -131,5 +132,7 @@ def test_tune_two_trials_end_to_end(tmp_path):
     winner = next(r for r in rows if r["trial"] == json.loads((run_dir / "tune_summary.json").read_text())["best"]["trial"])
     assert best.reward.fn == winner["reward.fn"] and best.run_dir is None
     assert (run_dir / "val_rmse_curves.png").is_file() and (run_dir / "sft" / "checkpoint").is_dir()
-    for trial in rows:  # every trial reported its starting point (step 0) and kept its own run dir
-        assert (run_dir / "trials" / trial["trial"] / "rl_log.jsonl").is_file()
+    for trial in rows:  # each trial ran its own swept value, in its own run dir
+        trial_dir = run_dir / "trials" / trial["trial"]
+        assert load_config(trial_dir / "config.yaml").reward.fn == trial["reward.fn"]
+        assert (trial_dir / "rl_log.jsonl").is_file()

@@ -63,17 +63,34 @@ def cosine_with_warmup(total_steps: int, warmup_fraction: float, min_ratio: floa
     return factor
 
 
-def free_port() -> int:
+def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((host, 0))
         return s.getsockname()[1]
 
 
 class LearnerRank:
-    def __init__(self, rank: int, world_size: int, master_addr: str, master_port: int, model_dir: str,
-                 cfg: LearnerConfig, lr: float, total_steps: int, torch_threads: int = 0, seed: int = 0):
+    """Started in two phases: the actor (placed by Ray), then `connect` with rank 0's address, which
+    only rank 0 can tell once Ray has put it on a node (LearnerGroup asks it: `rendezvous_address`)."""
+
+    def __init__(self, rank: int, world_size: int, model_dir: str, cfg: LearnerConfig, lr: float,
+                 total_steps: int, torch_threads: int = 0, seed: int = 0):
+        self.rank = rank
+        self._setup = (world_size, model_dir, cfg, lr, total_steps, torch_threads, seed)
+
+    def rendezvous_address(self) -> tuple[str, int]:
+        """(IP of this actor's node, a free port there): where the ranks meet when this is rank 0."""
+        import ray
+
+        host = ray.util.get_node_ip_address()
+        return host, free_port(host)
+
+    def connect(self, master_addr: str, master_port: int) -> int:
+        """Join the group at rank 0's address and build this rank's DeepSpeed engine."""
         import torch
 
+        world_size, model_dir, cfg, lr, total_steps, torch_threads, seed = self._setup
+        rank = self.rank
         device.configure_torch_threads(torch_threads or None)
         # deepspeed.initialize otherwise falls back to MPI discovery (and fails on mpi4py).
         os.environ.update(MASTER_ADDR=master_addr, MASTER_PORT=str(master_port), RANK=str(rank),
@@ -85,7 +102,6 @@ class LearnerRank:
         from rlreg.numbers.registry import build_number_tokenizer
 
         torch.manual_seed(seed)
-        self.rank = rank
         self.cfg = cfg
         self.model_dir = model_dir
         self._reference = None  # frozen copy of the starting model, loaded when a KL term needs it
@@ -115,6 +131,7 @@ class LearnerRank:
         # DeepSpeed reads checkpoints with torch.load(weights_only=False), which runs whatever a
         # pickle names; every load goes through this engine's checkpoint_engine, so restrict it.
         self.engine.checkpoint_engine.load = safe_torch_load
+        return rank
 
     def ready(self) -> int:
         return self.rank
@@ -251,7 +268,8 @@ def safe_torch_load(path: str, map_location=None) -> Any:
 
     import torch
 
-    allowed = [getattr(importlib.import_module(mod), name) for mod, name in (g.rsplit(".", 1) for g in CHECKPOINT_GLOBALS)]
+    allowed = [getattr(importlib.import_module(mod), name)
+               for mod, name in (g.rsplit(".", 1) for g in CHECKPOINT_GLOBALS)]
     try:
         with torch.serialization.safe_globals(allowed):
             return torch.load(path, map_location=map_location, weights_only=True)
@@ -307,19 +325,21 @@ class LearnerGroup:
                              f"reserving {cfg.world_size} learner bundle(s) {bundle}")
         else:
             self.placement = _enclosing_placement_group()
-        port = free_port()
         actor_cls = ray.remote(LearnerRank)
         self.ranks = [
             actor_cls.options(
                 num_cpus=ray_cfg.learner_cpus, num_gpus=bundle.get("GPU", 0), resources=dict(ray_cfg.learner_resources),
                 runtime_env={"env_vars": actor_env()}, scheduling_strategy=PlacementGroupSchedulingStrategy(
                     self.placement, placement_group_bundle_index=r if self._owns_placement else -1),
-            ).remote(r, cfg.world_size, "127.0.0.1", port, str(model_dir), cfg, lr, total_steps,
-                     ray_cfg.torch_threads, seed)
+            ).remote(r, cfg.world_size, str(model_dir), cfg, lr, total_steps, ray_cfg.torch_threads, seed)
             for r in range(cfg.world_size)
         ]
-        wait_for_actors([r.ready.remote() for r in self.ranks], ray_cfg.actor_start_timeout_s,
-                        f"starting {cfg.world_size} DeepSpeed learner rank(s)")
+        # The ranks meet (torch.distributed's TCP store) on rank 0's node, which may not be this one:
+        # rank 0 names its node's IP and a free port there (on one machine, a local address).
+        addr, port = wait_for_actors(self.ranks[0].rendezvous_address.remote(), ray_cfg.actor_start_timeout_s,
+                                     "starting DeepSpeed learner rank 0")
+        wait_for_actors([r.connect.remote(addr, port) for r in self.ranks], ray_cfg.actor_start_timeout_s,
+                        f"starting {cfg.world_size} DeepSpeed learner rank(s) (meeting at {addr}:{port})")
 
     def _shards(self, batch: dict) -> list[dict]:
         n = len(batch["prompts"])

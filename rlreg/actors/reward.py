@@ -91,8 +91,15 @@ class RewardWorker:
         return {"rewards": rewards, "pred": pred_orig, "valid": valid, "failed": failed, "error": error}
 
 
+def _brief(err: BaseException) -> str:
+    """Error type and first line: Ray's actor errors run to many lines of context."""
+    first = next((line.strip() for line in str(err).splitlines() if line.strip()), "")
+    return f"{type(err).__name__}: {first[:200]}" if first else type(err).__name__
+
+
 class RewardPool:
-    """M reward actors; a batch is split across them, and a chunk whose actor died is retried on another."""
+    """M reward actors; a batch is split across them, and a chunk whose actor died is retried once on
+    a replacement. If that fails too (died or hung), ActorFailed: run_train adds the --resume hint."""
 
     def __init__(self, number_spec: dict, scaler_state: dict, cfg: RewardConfig, ray_cfg):
         import ray
@@ -111,7 +118,8 @@ class RewardPool:
     def score(self, number_ids: np.ndarray, targets: np.ndarray) -> dict:
         import ray
 
-        from rlreg.actors.session import get_with_timeout
+        from rlreg.actors.session import ActorFailed, get_with_timeout
+        from rlreg.errors import RemoteTimeout
 
         bounds = np.linspace(0, len(targets), len(self.workers) + 1).astype(int)
         chunks = [(a, b) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
@@ -122,13 +130,19 @@ class RewardPool:
         for i, ref in refs.items():
             try:
                 results[i] = get_with_timeout(ref, limit, "reward actor")
-            except ray.exceptions.RayActorError:
-                # The actor died mid-batch: score this chunk on a replacement.
+            except ray.exceptions.RayActorError as err:
+                # The actor died mid-batch: score this chunk on a replacement, once.
                 self.retries += 1
                 a, b = chunks[i]
                 self.workers[i % len(self.workers)] = self._cls.remote(*self._args)
                 retry = self.workers[i % len(self.workers)].score.remote(number_ids[a:b], targets[a:b])
-                results[i] = get_with_timeout(retry, limit, "reward actor (retry)")
+                try:
+                    results[i] = get_with_timeout(retry, limit, "reward actor (retry)")
+                except (ray.exceptions.RayActorError, RemoteTimeout) as again:
+                    raise ActorFailed(
+                        f"reward pool: chunk {i} (rows {a}-{b - 1}) failed on reward actor "
+                        f"{i % len(self.workers)} ({_brief(err)}) and again on its replacement "
+                        f"({_brief(again)})") from again
         merged = {key: np.concatenate([results[i][key] for i in sorted(results)])
                   for key in ("rewards", "pred", "valid", "failed")}
         merged["errors"] = [results[i]["error"] for i in sorted(results) if results[i]["error"]]

@@ -54,8 +54,9 @@ def actor_env() -> dict[str, str]:
     once, at process start. By default an idle OpenMP thread spin-waits at each barrier: with a
     team as large as the machine, any other running process (Ray's own, another actor, other
     users) keeps a team member off its core and every op waits for a scheduler slice. PASSIVE lets
-    idle threads sleep. Measured on 2 cores beside one busy process: an RL step 8.2 s → 4.4 s
-    (25 M parameters), 4.0 s → 0.56 s (1 M); on a quiet machine the two are even (benchmarks/README.md)."""
+    idle threads sleep. Measured on 2 cores beside one busy process of equal priority: an RL step
+    7.3 s → 4.0 s (25 M parameters), 4.7 s → 0.47 s (1 M); on a quiet machine the two are even
+    (benchmarks/README.md, `rlreg bench scaling`)."""
     return {"OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
 
 

@@ -47,6 +47,9 @@ class RLConfig(AlgoConfig):
             raise ConfigError(f"rl.temperature must be > 0, got {self.temperature}")
         if self.lr <= 0:
             raise ConfigError(f"rl.lr must be > 0, got {self.lr}")
+        for key in ("eval_every", "checkpoint_every"):  # 0 turns them off
+            if getattr(self, key) < 0:
+                raise ConfigError(f"rl.{key} must be >= 0, got {getattr(self, key)}")
         return self
 
     def learner_options(self) -> dict:

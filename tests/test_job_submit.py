@@ -3,6 +3,9 @@
 The head is this test's own: its own temp dir (RAY_TMPDIR + --temp-dir, so it never registers in
 /tmp/ray/ray_current_cluster where other sessions on the machine would find it), its own ports,
 auth disabled on loopback (DESIGN.md: `ray start` heads use token auth), and its own process group.
+Every port is a free one: the defaults are fixed (the dashboard agent's 52365, the client server's
+10001, ...) and another Ray session on the machine may hold them — a head whose dashboard agent
+cannot bind answers every submission with "No available agent to submit job".
 It is stopped by killing that process group — never with `ray stop`, which stops every Ray
 process on the machine, including other sessions and this pytest process's own."""
 from __future__ import annotations
@@ -25,7 +28,7 @@ import pytest
 
 pytestmark = pytest.mark.engine
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = next(p for p in Path(__file__).resolve().parents if (p / "pyproject.toml").is_file())
 VENV_BIN = Path(sys.executable).parent
 JOB_TIMEOUT_S = 420
 TINY = [
@@ -36,10 +39,16 @@ TINY = [
 ]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _free_ports(n: int) -> list[int]:
+    """n distinct free ports (all held open together while picking, so none repeats)."""
+    sockets = [socket.socket() for _ in range(n)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
 
 
 def _ray_env(temp_root: Path) -> dict:
@@ -51,8 +60,9 @@ def _ray_env(temp_root: Path) -> dict:
 
 
 def _kill_head(proc: subprocess.Popen, temp_dir: Path) -> None:
-    """SIGTERM, then SIGKILL, to every process of our head: its process group/session, its
-    descendants, and anything whose command line names our temp dir."""
+    """SIGTERM, then SIGKILL, to every process of our head: its session, its descendants, and
+    anything whose command line names our temp dir or whose environment carries our RAY_TMPDIR
+    (Ray workers and job drivers inherit it from `ray start`)."""
     import psutil
 
     try:
@@ -68,7 +78,8 @@ def _kill_head(proc: subprocess.Popen, temp_dir: Path) -> None:
     for candidate in psutil.process_iter(["cmdline"]):
         try:
             if (sid is not None and os.getsid(candidate.pid) == sid) \
-                    or str(temp_dir) in " ".join(candidate.info["cmdline"] or []):
+                    or str(temp_dir) in " ".join(candidate.info["cmdline"] or []) \
+                    or candidate.environ().get("RAY_TMPDIR") == str(temp_dir.parent):
                 mine[candidate.pid] = candidate
         except (psutil.Error, ProcessLookupError):
             continue
@@ -80,7 +91,7 @@ def _kill_head(proc: subprocess.Popen, temp_dir: Path) -> None:
             p.send_signal(signal.SIGTERM)
         except psutil.Error:
             pass
-    _, alive = psutil.wait_procs(list(mine.values()), timeout=15)
+    _, alive = psutil.wait_procs(list(mine.values()), timeout=5)
     for p in alive:
         try:
             p.kill()
@@ -94,15 +105,17 @@ def ray_head():
     # Short path: Ray's unix socket names live under it and have a length limit.
     temp_root = Path(tempfile.mkdtemp(prefix="rlreg-jh-"))
     temp_dir = temp_root / "ray"
-    port, dashboard = _free_port(), _free_port()
+    names = ("port", "dashboard-port", "dashboard-agent-listen-port", "dashboard-agent-grpc-port",
+             "runtime-env-agent-port", "metrics-export-port", "ray-client-server-port", "node-manager-port",
+             "object-manager-port")
+    ports = dict(zip(names, _free_ports(len(names))))
     env = _ray_env(temp_root)
     log = (temp_root / "ray_start.log").open("w")
     proc = subprocess.Popen(
-        [str(VENV_BIN / "ray"), "start", "--head", f"--port={port}", "--dashboard-host=127.0.0.1",
-         f"--dashboard-port={dashboard}", "--num-cpus=2", "--include-dashboard=true", f"--temp-dir={temp_dir}",
-         "--block"],
+        [str(VENV_BIN / "ray"), "start", "--head", "--dashboard-host=127.0.0.1", "--num-cpus=2",
+         "--include-dashboard=true", f"--temp-dir={temp_dir}", *[f"--{k}={v}" for k, v in ports.items()], "--block"],
         env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    address = f"http://127.0.0.1:{dashboard}"
+    address = f"http://127.0.0.1:{ports['dashboard-port']}"
     try:
         deadline = time.monotonic() + 120
         while True:  # the job server answers once the dashboard is up
@@ -142,13 +155,20 @@ def _wait_for_job(head: dict, job_id: str) -> str:
 
 
 def test_rlreg_train_job_submit_joins_the_cluster(ray_head, tmp_path):
+    import yaml
+
+    from rlreg.configlib import apply_overrides
+
     run_dir = tmp_path / "job_run"
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(apply_overrides({}, TINY)))
     job_id = f"rlreg-test-{os.getpid()}"
     entrypoint = (f"python -c 'import sys; print(\"job python:\", sys.executable)' && "
-                  f"python -m rlreg train {' '.join(TINY)} run_dir={run_dir}")
+                  f"python -m rlreg train {config} run_dir={run_dir}")
     deadline = time.monotonic() + 120
     while True:  # a fresh head's job agent comes up a few seconds after the dashboard
-        submitted = _ray_job(ray_head, "submit", "--no-wait", "--submission-id", job_id, "--", entrypoint)
+        # `ray job submit` shell-quotes each word after `--`: hand the whole command line to sh -c.
+        submitted = _ray_job(ray_head, "submit", "--no-wait", "--submission-id", job_id, "--", "sh", "-c", entrypoint)
         if "No available agent" not in submitted or time.monotonic() > deadline:
             break
         time.sleep(3)
