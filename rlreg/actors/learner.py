@@ -215,8 +215,14 @@ class LearnerRank:
             if self.rank != 0:
                 return None
             lm, encoder = module.split_state(module.state_dict())
-            out = {name: t.detach().float().cpu().numpy().copy() for name, t in lm.items()}
-            out.update({ENCODER_PREFIX + name: t.detach().float().cpu().numpy().copy() for name, t in encoder.items()})
+            # ZeRO 0-2: views of the live parameters, no copy of our own. Ray serialises the
+            # returned arrays into the object store as the call returns, before this actor runs its
+            # next task (the next optimizer step), so Ray's copy is the snapshot. ZeRO-3 frees the
+            # gathered storage when the context exits, so there a copy must be taken inside it.
+            snapshot = (lambda a: a.copy()) if self.cfg.zero_stage == 3 else (lambda a: a)
+            out = {name: snapshot(t.detach().float().cpu().numpy()) for name, t in lm.items()}
+            out.update({ENCODER_PREFIX + name: snapshot(t.detach().float().cpu().numpy())
+                        for name, t in encoder.items()})
             return out
 
     def save_model(self, out_dir: str) -> None:
