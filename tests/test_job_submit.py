@@ -100,7 +100,7 @@ def _kill_head(proc: subprocess.Popen, temp_dir: Path) -> None:
     proc.wait(timeout=30)
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def ray_head():
     # Short path: Ray's unix socket names live under it and have a length limit.
     temp_root = Path(tempfile.mkdtemp(prefix="rlreg-jh-"))
@@ -154,28 +154,35 @@ def _wait_for_job(head: dict, job_id: str) -> str:
     return "TIMEOUT"
 
 
-def test_rlreg_train_job_submit_joins_the_cluster(ray_head, tmp_path):
-    import yaml
-
-    from rlreg.configlib import apply_overrides
-
-    run_dir = tmp_path / "job_run"
-    config = tmp_path / "tiny.yaml"
-    config.write_text(yaml.safe_dump(apply_overrides({}, TINY)))
-    job_id = f"rlreg-test-{os.getpid()}"
-    entrypoint = (f"python -c 'import sys; print(\"job python:\", sys.executable)' && "
-                  f"python -m rlreg train {config} run_dir={run_dir}")
+def _submit(head: dict, job_id: str, command: str) -> tuple[str, str]:
+    """Submit `command` (one shell line) and wait for it; returns (status, logs)."""
     deadline = time.monotonic() + 120
     while True:  # a fresh head's job agent comes up a few seconds after the dashboard
         # `ray job submit` shell-quotes each word after `--`: hand the whole command line to sh -c.
-        submitted = _ray_job(ray_head, "submit", "--no-wait", "--submission-id", job_id, "--", "sh", "-c", entrypoint)
+        submitted = _ray_job(head, "submit", "--no-wait", "--submission-id", job_id, "--", "sh", "-c", command)
         if "No available agent" not in submitted or time.monotonic() > deadline:
             break
         time.sleep(3)
     assert job_id in submitted, submitted
+    status = _wait_for_job(head, job_id)
+    return status, _ray_job(head, "logs", job_id)
 
-    status = _wait_for_job(ray_head, job_id)
-    logs = _ray_job(ray_head, "logs", job_id)
+
+def _write_config(path: Path, mapping: dict) -> Path:
+    import yaml
+
+    from rlreg.configlib import apply_overrides
+
+    path.write_text(yaml.safe_dump(apply_overrides(mapping, TINY)))
+    return path
+
+
+def test_rlreg_train_job_submit_joins_the_cluster(ray_head, tmp_path):
+    run_dir = tmp_path / "job_run"
+    config = _write_config(tmp_path / "tiny.yaml", {})
+    status, logs = _submit(ray_head, f"rlreg-train-{os.getpid()}",
+                           f"python -c 'import sys; print(\"job python:\", sys.executable)' && "
+                           f"python -m rlreg train {config} run_dir={run_dir}")
     assert status == "SUCCEEDED", f"job {status}; logs:\n{logs[-4000:]}"
     # The driver joined the head through RAY_ADDRESS (set by the job supervisor) instead of
     # starting a session of its own, and ran the venv's python (the PATH of `ray start`).
@@ -186,3 +193,22 @@ def test_rlreg_train_job_submit_joins_the_cluster(ray_head, tmp_path):
     assert metrics["stage"] == "rl"
     assert math.isfinite(metrics["test"]["rmse"]) and metrics["test"]["rmse"] > 0
     assert "test metrics" in logs
+
+
+def test_rlreg_tune_job_submit_runs_its_trials_on_the_cluster(ray_head, tmp_path):
+    """The same `rlreg tune` command as locally, as a job: trials are placed on the head's resources."""
+    import csv
+
+    run_dir = tmp_path / "sweep"
+    config = _write_config(tmp_path / "tune.yaml", {
+        "tune": {"grace_period": 2, "max_concurrent": 2,
+                 "space": {"reward.fn": {"grid": ["neg_mse", "neg_abs"]}}},
+        "ray": {"rollout_cpus": 0.4, "learner_cpus": 0.4, "torch_threads": 1}})
+    status, logs = _submit(ray_head, f"rlreg-tune-{os.getpid()}",
+                           f"python -m rlreg tune {config} rl.eval_every=2 rl.steps=4 run_dir={run_dir}")
+    assert status == "SUCCEEDED", f"job {status}; logs:\n{logs[-4000:]}"
+    assert "Connecting to existing Ray cluster" in logs and "tune results (2 trials" in logs
+    rows = list(csv.DictReader((run_dir / "results.csv").open()))
+    assert sorted(r["reward.fn"] for r in rows) == ["neg_abs", "neg_mse"]
+    assert all(r["status"] in ("finished", "stopped early") for r in rows), rows
+    assert (run_dir / "best.yaml").is_file()
