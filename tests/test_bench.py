@@ -47,10 +47,28 @@ def test_benchmarks_needing_missing_packages_are_the_only_ones_left_out():
         assert missing_requirements(name), f"{name} was left out although its requirements are installed"
 
 
-@pytest.mark.parametrize("path", sorted(p for p in RESULTS.glob("*.json") if not p.stem.endswith("_quick")),
-                         ids=lambda p: p.stem)
+SPEED_RESULTS = sorted(p for p in RESULTS.glob("*.json") if not p.stem.endswith("_quick")
+                       and not p.stem.startswith("quality"))
+
+
+@pytest.mark.parametrize("path", SPEED_RESULTS, ids=lambda p: p.stem)
 def test_committed_results_have_the_schema(path):
     check_schema(json.loads(path.read_text()), path.stem)
+
+
+@pytest.mark.parametrize("path", sorted(RESULTS.glob("quality_*.json")), ids=lambda p: p.stem)
+def test_committed_quality_results_carry_cis_for_every_run(path):
+    """The quality benchmark's JSON (its own schema: runs and CIs, no speed ratio)."""
+    data = json.loads(path.read_text())
+    assert data["benchmark"] == "quality" and data["records"]
+    for record in data["records"]:
+        if record["error"] is None:
+            lo, hi = record["rmse_ci"]
+            assert lo <= record["rmse"] <= hi, record
+    for dataset, entry in data["summary"]["datasets"].items():
+        for method, stats in entry["methods"].items():
+            assert stats["ci"] is None or stats["ci"][0] <= stats["mean"] <= stats["ci"][1], (dataset, method)
+    assert data["aggregate"]["methods"]
 
 
 def test_cli_lists_benchmarks_and_rejects_unknown():
