@@ -64,7 +64,7 @@ class SplitRun:
         self.ce_dir: Path | None = None
 
     # -- scoring ------------------------------------------------------------------------------
-    def _point_record(self, method: str, pred: dict) -> dict:
+    def _point_record(self, pred: dict) -> dict:
         from rlreg.evaluate.metrics import evaluate_point
 
         m = evaluate_point(_to_space(pred["test"], self.space), self.y_test, n_boot=self.cfg.eval.n_boot,
@@ -97,7 +97,7 @@ class SplitRun:
         from rlreg.evaluate.sampling import classical_predictions
 
         name = {"Ridge": "ridge", "HGB": "hgb"}[method]
-        return self._point_record(method, classical_predictions(self.task, [name])[name]), []
+        return self._point_record(classical_predictions(self.task, [name])[name]), []
 
     def reghead(self, method: str) -> tuple[dict, list]:
         from rlreg.train.reghead import train_regression_head
@@ -105,7 +105,7 @@ class SplitRun:
         sft = self.cfg.sft
         pred = train_regression_head(self.task, sft.steps, sft.batch_size, sft.lr, sft.eval_every, sft.patience,
                                      self.cfg.seed)
-        return self._point_record(method, pred), []
+        return self._point_record(pred), []
 
     def supervised(self, method: str) -> tuple[dict, list]:
         from rlreg.actors.rollout import RolloutGroup

@@ -116,3 +116,21 @@ def test_reward_chunk_failing_again_on_its_replacement_is_actor_failed(ray_sessi
     finally:
         pool.shutdown()
     assert pool.retries == 1
+
+
+def test_invalid_overflowing_value_gets_the_penalty_not_a_mean_like_reward():
+    """IEEE tokens on signed_log-scaled targets can write 9e8, whose original value exp(9e8) is inf.
+    Such a sample is invalid (penalty, counted) — before, it was scored as if it predicted the mean."""
+    from rlreg.actors.reward import RewardWorker
+    from rlreg.numbers.registry import build_number_tokenizer
+    from rlreg.numbers.scalers import build_scaler
+
+    tok = build_number_tokenizer({"tokenizer": "ieee", "base": 10, "mantissa_digits": 3, "exponent_digits": 1})
+    scaler = build_scaler("signed_log").fit(np.array([1.0, 10.0, 1e3, 1e5]))
+    targets = np.array([100.0, 100.0])
+    ids = np.asarray([tok.encode_ids(float(scaler.transform(np.array([100.0]))[0])), tok.encode_ids(9.0e8)])
+    worker = RewardWorker(tok.describe(), scaler.state_dict(), RewardConfig(invalid_penalty=-10.0))
+    out = worker.score(ids, targets)
+    assert out["valid"].tolist() == [True, False]
+    assert out["rewards"][1] == -10.0 and out["rewards"][0] > -1e-3  # the other: near-exact (3 mantissa digits)
+    assert np.isnan(out["pred"][1]) or not np.isfinite(out["pred"][1])

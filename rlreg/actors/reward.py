@@ -65,7 +65,11 @@ class RewardWorker:
 
         values_scaled, valid = self.number_tokenizer.decode_many(number_ids)
         pred_orig = np.full(len(valid), np.nan)
-        pred_orig[valid] = self.scaler.inverse_transform(values_scaled[valid])
+        with np.errstate(over="ignore"):
+            pred_orig[valid] = self.scaler.inverse_transform(values_scaled[valid])
+        # A well-formed sequence whose value overflows in original units (e.g. exp of a huge
+        # signed_log value) is no prediction: invalid, so it gets the penalty, not a mean-like reward.
+        valid = valid & np.isfinite(pred_orig)
         pred, target = self._to_space(np.where(valid, values_scaled, 0.5), np.asarray(targets, dtype=np.float64))
         rewards = np.full(len(valid), self.cfg.invalid_penalty, dtype=np.float64)
         error = None

@@ -44,7 +44,10 @@ class Task:
         rows = np.asarray([self.codec.to_number_ids(r) for r in hf_ids.reshape(-1, hf_ids.shape[-1])])
         scaled, valid = self.number_tokenizer.decode_many(rows)
         values = np.full(scaled.shape, np.nan)
-        values[valid] = self.scaler.inverse_transform(scaled[valid])
+        with np.errstate(over="ignore"):
+            values[valid] = self.scaler.inverse_transform(scaled[valid])
+        valid = valid & np.isfinite(values)  # overflow in original units: invalid, as the reward worker says
+        values[~valid] = np.nan
         return values.reshape(shape), valid.reshape(shape)
 
     def hf_tokens(self, number_ids: np.ndarray) -> np.ndarray:
