@@ -37,9 +37,12 @@ def _read_done(path: Path, fingerprint: str) -> tuple[list[dict], list[dict]]:
     return records, curves
 
 
-def _append(path: Path, fingerprint: str, kind: str, row: dict) -> None:
+def _append(path: Path, fingerprint: str, record: dict, curve: list[dict]) -> None:
+    """One finished run (its record and its sampling-curve rows), in one write."""
+    rows = [("record", record)] + [("curve", row) for row in curve]
     with path.open("a") as f:
-        f.write(json.dumps({"fingerprint": fingerprint, "kind": kind, "row": row}, default=float) + "\n")
+        f.writelines(json.dumps({"fingerprint": fingerprint, "kind": kind, "row": row}, default=float) + "\n"
+                     for kind, row in rows)
 
 
 def _key(row: dict) -> tuple:
@@ -94,9 +97,7 @@ def run_preset(preset: dict, output: Path) -> dict:
                 _print_run(record)
                 records.append(record)
                 curves.extend(curve)
-                _append(log, fingerprint, "record", record)
-                for row in curve:
-                    _append(log, fingerprint, "curve", row)
+                _append(log, fingerprint, record, curve)
     summary = stats.dataset_summary(records, reference="CE", rl_methods=[m for m in RL_METHODS
                                                                           if m in preset["methods"]])
     aggregate = stats.aggregate_iqm(records, preset["methods"], n_boot=2000)
@@ -118,14 +119,11 @@ def run_quality(preset_name: str, output: str | None, splits: int | None = None,
     preset = get_preset(preset_name, splits, datasets, methods)
     path = Path(output) if output else RESULTS_DIR / f"quality_{preset_name}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    data = run_preset(preset, path)
-    write_result(data, path, quick=False)
-    plots = path.with_name(path.stem + "_plots")
-    plots.mkdir(exist_ok=True)
-    data["plots"] = [str(stats.plot_dataset_rmse(data["summary"], plots / "rmse_by_dataset.png")),
-                     str(stats.plot_aggregate(data["aggregate"], plots / "aggregate_iqm.png")),
-                     str(stats.plot_sampling_curves(data["sampling_curves"]["summary"],
-                                                    plots / "rmse_vs_samples.png"))]
+    data = run_preset(preset, path)  # every finished run is already in the records log
+    plots = path.with_name(path.stem + "_plots")  # the plot functions create it
+    data["plots"] = [stats.plot_dataset_rmse(data["summary"], plots / "rmse_by_dataset.png"),
+                     stats.plot_aggregate(data["aggregate"], plots / "aggregate_iqm.png"),
+                     stats.plot_sampling_curves(data["sampling_curves"]["summary"], plots / "rmse_vs_samples.png")]
     write_result(data, path, quick=False)
     print("\n" + stats.format_tables(data["summary"], data["aggregate"]))
     failed = data["failed_runs"]

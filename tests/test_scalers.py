@@ -194,3 +194,14 @@ def test_scaler_with_normalized_tokenizer_end_to_end() -> None:
     err_z = np.abs(scaler.to_z(scaler.inverse_transform(decoded)) - scaler.to_z(TRAIN))
     z_span = scaler.z_max - scaler.z_min
     assert err_z.max() <= tok.resolution(0.5) * z_span * (1 + 1e-9)
+
+
+def test_decoded_value_that_overflows_in_original_units_is_invalid():
+    """signed_log inverts with exp: a decoded 900 (well formed) is inf in original units, so invalid."""
+    from rlreg.numbers.scalers import decoded_to_original
+
+    scaler = build_scaler("signed_log").fit(np.array([1.0, 10.0, 1e3]))
+    values, valid = decoded_to_original(scaler, np.array([2.0, 900.0, np.nan]), np.array([True, True, False]))
+    assert valid.tolist() == [True, False, False]
+    assert math.isclose(values[0], scaler.inverse_transform(np.array([2.0]))[0])
+    assert np.isnan(values[1:]).all()

@@ -62,14 +62,10 @@ class RewardWorker:
 
     def score(self, number_ids: np.ndarray, targets: np.ndarray, columns: dict | None = None) -> dict:
         from rlreg.algos.rewards import check_rewards
+        from rlreg.numbers.scalers import decoded_to_original
 
         values_scaled, valid = self.number_tokenizer.decode_many(number_ids)
-        pred_orig = np.full(len(valid), np.nan)
-        with np.errstate(over="ignore"):
-            pred_orig[valid] = self.scaler.inverse_transform(values_scaled[valid])
-        # A well-formed sequence whose value overflows in original units (e.g. exp of a huge
-        # signed_log value) is no prediction: invalid, so it gets the penalty, not a mean-like reward.
-        valid = valid & np.isfinite(pred_orig)
+        pred_orig, valid = decoded_to_original(self.scaler, values_scaled, valid)  # overflow: invalid
         pred, target = self._to_space(np.where(valid, values_scaled, 0.5), np.asarray(targets, dtype=np.float64))
         rewards = np.full(len(valid), self.cfg.invalid_penalty, dtype=np.float64)
         error = None

@@ -37,6 +37,18 @@ def scaler_from_state_dict(state: dict[str, Any]) -> "TargetScaler":
     return SCALERS[name].from_state_dict(state)
 
 
+def decoded_to_original(scaler: "TargetScaler", scaled: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Decoded values (the tokenizer's space) → original units and validity. A well-formed number
+    that overflows in original units (e.g. exp of a huge signed_log value) is no prediction: it is
+    invalid (NaN), so rewards penalise it and evaluation leaves it out, never score it as finite."""
+    values = np.full(np.shape(scaled), np.nan)
+    with np.errstate(over="ignore"):
+        values[valid] = scaler.inverse_transform(scaled[valid])
+    valid = valid & np.isfinite(values)
+    values[~valid] = np.nan
+    return values, valid
+
+
 def _as_targets(y: Any, what: str) -> np.ndarray:
     """1-D float64 copy of targets; DataError for empty, non-numeric or non-finite input."""
     try:

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from rlreg.errors import DataError
+from rlreg.numbers.scalers import decoded_to_original
 
 SPLITS = ("train", "val", "test")
 TASK_FILE = "task.json"  # scaler state + dataset identity, next to the model files
@@ -42,12 +43,7 @@ class Task:
         """HF ids [..., L] → values in original units and a validity mask (NaN where invalid)."""
         shape = hf_ids.shape[:-1]
         rows = np.asarray([self.codec.to_number_ids(r) for r in hf_ids.reshape(-1, hf_ids.shape[-1])])
-        scaled, valid = self.number_tokenizer.decode_many(rows)
-        values = np.full(scaled.shape, np.nan)
-        with np.errstate(over="ignore"):
-            values[valid] = self.scaler.inverse_transform(scaled[valid])
-        valid = valid & np.isfinite(values)  # overflow in original units: invalid, as the reward worker says
-        values[~valid] = np.nan
+        values, valid = decoded_to_original(self.scaler, *self.number_tokenizer.decode_many(rows))
         return values.reshape(shape), valid.reshape(shape)
 
     def hf_tokens(self, number_ids: np.ndarray) -> np.ndarray:
