@@ -99,7 +99,7 @@ class SplitRun:
         return self._point_record(classical_predictions(self.task, [name])[name]), []
 
     def reghead(self, method: str) -> tuple[dict, list]:
-        from rlreg.train.reghead import train_regression_head
+        from rlreg.baselines.reghead import train_regression_head
 
         sft = self.cfg.sft
         pred = train_regression_head(self.task, sft.steps, sft.batch_size, sft.lr, sft.eval_every, sft.patience,

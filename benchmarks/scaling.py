@@ -69,7 +69,7 @@ def make_runner(cfg, task, run_dir, before_fix: bool = False):
 
 def setting(runner, group: int, batch: int, rollout=None):
     """One RL step of `runner` at this group size / batch (and rollout view), timed."""
-    from rlreg.train.sft import BatchCursor
+    from rlreg.data.batches import BatchCursor
 
     def step() -> dict:
         runner.cfg.rl.group_size = group

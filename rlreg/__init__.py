@@ -8,7 +8,7 @@ __all__ = ["RLRegressor", "__version__"]
 def __getattr__(name: str):
     # Lazy: `import rlreg` stays light; scikit-learn (and the pipeline behind it) load on first use.
     if name == "RLRegressor":
-        from rlreg.sklearn import RLRegressor
+        from rlreg.estimator import RLRegressor
 
         return RLRegressor
     raise AttributeError(f"module 'rlreg' has no attribute {name!r}")

@@ -24,7 +24,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     from rlreg.config import load_config
     from rlreg.errors import ConfigError
-    from rlreg.train.main import run_train
+    from rlreg.train.pipeline import run_train
 
     if args.resume:
         saved = Path(args.resume) / "config.yaml"
@@ -40,7 +40,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _cmd_sft(args: argparse.Namespace) -> int:
     from rlreg.config import load_config
-    from rlreg.train.main import run_supervised
+    from rlreg.train.pipeline import run_supervised
 
     run_supervised(load_config(args.config, args.overrides), "sft")
     return 0
@@ -48,14 +48,14 @@ def _cmd_sft(args: argparse.Namespace) -> int:
 
 def _cmd_tune(args: argparse.Namespace) -> int:
     from rlreg.config import load_config
-    from rlreg.tune import run_tune
+    from rlreg.tune.sweep import run_tune
 
     run_tune(load_config(args.config, args.overrides))
     return 0
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from rlreg.evaluate.cli_eval import run_eval
+    from rlreg.commands.eval import run_eval
 
     run_eval(args.run_dir, split=args.split, samples=args.samples, baselines=args.baselines,
              overrides=args.overrides)
@@ -63,7 +63,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from rlreg.predict import run_predict
+    from rlreg.commands.predict import run_predict
 
     out = run_predict(args.checkpoint, args.input, args.output, samples=args.samples, alpha=args.alpha,
                       aggregation=args.aggregation, temperature=args.temperature, overrides=args.overrides)
@@ -75,7 +75,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from rlreg.bench import run_benchmark, run_quality_benchmark
+    from rlreg.commands.bench import run_benchmark, run_quality_benchmark
 
     if args.name == "quality":
         run_quality_benchmark(args.preset, args.output, args.splits, args.datasets, args.methods)
@@ -144,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--temperature", type=float, default=None, help="default: the run's eval.temperature")
     pr.set_defaults(func=_cmd_predict)
 
-    from rlreg.bench import BENCHMARKS
+    from rlreg.commands.bench import BENCHMARKS
 
     bench = sub.add_parser("bench", help="speed benchmarks vs HF generate / TRL, and the quality benchmark",
                            epilog="Writes benchmarks/results/NAME.json unless --output is given; see benchmarks/README.md.")

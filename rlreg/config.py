@@ -1,4 +1,5 @@
-"""The run configuration: one typed dataclass per section, each owned by the module it configures.
+"""The run configuration: one typed dataclass per section, each defined beside the package it
+configures (in that package's config.py, which imports neither torch nor Ray).
 
 YAML files hold the sections; `dotted.key=value` arguments override them; an unknown or
 mistyped key is an error naming it (see configlib)."""
@@ -8,19 +9,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
+from rlreg.actors.config import LearnerConfig, RayConfig, RewardConfig
 from rlreg.configlib import apply_overrides, from_mapping, read_yaml, write_yaml
 from rlreg.data.config import DataConfig
-from rlreg.actors.learner import LearnerConfig
-from rlreg.actors.reward import RewardConfig
-from rlreg.actors.session import RayConfig
-from rlreg.evaluate.sampling import EvalConfig
-from rlreg.train.rl import RLConfig
-from rlreg.train.sft import SFTConfig
 from rlreg.errors import ConfigError
-from rlreg.model.config import ModelConfig
-from rlreg.model.engine import EngineConfig
+from rlreg.evaluate.config import EvalConfig
+from rlreg.model.config import EngineConfig, ModelConfig
 from rlreg.numbers.config import NumbersConfig
-from rlreg.tune_space import TuneConfig
+from rlreg.train.config import RLConfig, SFTConfig
+from rlreg.tune.config import TuneConfig, check_space_keys
 
 
 @dataclass
@@ -38,6 +35,9 @@ class RunConfig:
     rl: RLConfig = field(default_factory=RLConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)  # only `rlreg tune` reads it
+
+    def validate(self) -> None:
+        check_space_keys(self.tune.space, RunConfig)
 
 
 def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> RunConfig:

@@ -1,16 +1,139 @@
-"""Run directories: every command writes its outputs under one, with the resolved config."""
+"""Every file name rlreg reads or writes: a run directory (RunDir), the model directories inside
+it (ModelFiles) and the RL checkpoints (RLCheckpointFiles). No other module spells these names."""
 from __future__ import annotations
 
 import time
 from pathlib import Path
 
+from rlreg.errors import ConfigError
 
-def make_run_dir(cfg, command: str) -> Path:
-    """cfg.run_dir if given, else runs/<command>-<timestamp>; created, with config.yaml inside."""
-    from rlreg.config import save_config
 
-    run_dir = Path(cfg.run_dir) if cfg.run_dir else Path("runs") / f"{command}-{time.strftime('%Y%m%d-%H%M%S')}"
-    run_dir.mkdir(parents=True, exist_ok=True)
-    cfg.run_dir = str(run_dir)
-    save_config(cfg, run_dir / "config.yaml")
-    return run_dir
+class ModelFiles:
+    """A model directory: HF files that transformers and vLLM load, plus rlreg's own metadata."""
+
+    META = "rlreg_meta.json"  # number format, token ids (rlreg.model.build.ModelMeta)
+    TASK = "task.json"  # fitted scaler, data settings, fitted tabular preprocessing
+    WEIGHTS = "model.safetensors"
+    HF_CONFIG = "config.json"
+    TOKENIZER = "tokenizer.json"
+    # In a subfolder: vLLM loads every *.safetensors at the top of a model directory.
+    ENCODER_WEIGHTS = "feature_encoder/weights.safetensors"
+    ENCODER_SPEC = "feature_encoder/spec.json"
+    # Written by the learner, so not copied from the directory a run started from.
+    LEARNER_OUTPUTS = (WEIGHTS, HF_CONFIG, "generation_config.json")
+
+
+class RLCheckpointFiles:
+    LATEST = "latest.json"  # names the newest complete RL checkpoint; written last, atomically
+    ROLLOUT_RNG = "rollout_rng.json"  # the engines' sampler RNG states, inside a checkpoint's tag dir
+
+    @staticmethod
+    def tag(step: int) -> str:
+        return f"step{step:06d}"
+
+
+class RunDir:
+    """One run's directory: the resolved config, the models, logs, metrics and plots."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    @classmethod
+    def create(cls, cfg, command: str) -> "RunDir":
+        """cfg.run_dir if given, else runs/<command>-<timestamp>; created, with config.yaml inside."""
+        from rlreg.configlib import write_yaml
+
+        path = Path(cfg.run_dir) if cfg.run_dir else Path("runs") / f"{command}-{time.strftime('%Y%m%d-%H%M%S')}"
+        path.mkdir(parents=True, exist_ok=True)
+        cfg.run_dir = str(path)
+        run = cls(path)
+        write_yaml(cfg, run.config)
+        return run
+
+    @classmethod
+    def existing(cls, path: str | Path, what: str = "") -> "RunDir":
+        """An rlreg run directory that must already exist; ConfigError naming what is missing."""
+        run = cls(path)
+        where = f"{what} {path}" if what else f"run directory {path}"
+        if not run.path.is_dir():
+            raise ConfigError(f"{where} does not exist")
+        if not run.config.is_file():
+            raise ConfigError(f"{where}: no {run.config.name} there (not an rlreg run directory)")
+        return run
+
+    def __fspath__(self) -> str:
+        return str(self.path)
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+    # what every command writes
+    @property
+    def config(self) -> Path:
+        return self.path / "config.yaml"
+
+    @property
+    def metrics(self) -> Path:
+        return self.path / "metrics.json"
+
+    def log(self, stage: str) -> Path:
+        return self.path / f"{stage}_log.jsonl"
+
+    def tensorboard(self, stage: str) -> Path:
+        return self.path / "tensorboard" / stage
+
+    def plot(self, name: str) -> Path:
+        return self.path / f"{name}.png"
+
+    def eval_result(self, split: str) -> Path:
+        return self.path / f"eval_{split}.json"
+
+    # models
+    @property
+    def model(self) -> Path:
+        """The model built for the run (random weights, its tokenizer, the fitted scaler)."""
+        return self.path / "model"
+
+    @property
+    def sft_model(self) -> Path:
+        """The supervised stage's best model so far (replaced whenever validation improves)."""
+        return self.path / "sft_model"
+
+    @property
+    def sft_checkpoint(self) -> Path:
+        """`rlreg train`: the supervised stage's final model, where RL starts."""
+        return self.path / "sft_checkpoint"
+
+    @property
+    def rl_model(self) -> Path:
+        return self.path / "rl_model"
+
+    @property
+    def rl_checkpoints(self) -> Path:
+        return self.path / "rl_checkpoints"
+
+    @property
+    def checkpoint(self) -> Path:
+        """The run's final model: what `rlreg eval` and `rlreg predict` read."""
+        return self.path / "checkpoint"
+
+    # rlreg tune
+    @property
+    def trials(self) -> Path:
+        return self.path / "trials"
+
+    @property
+    def ray_tune(self) -> Path:
+        return self.path / "ray_tune"
+
+    @property
+    def tune_results(self) -> Path:
+        return self.path / "results.csv"
+
+    @property
+    def tune_best(self) -> Path:
+        return self.path / "best.yaml"
+
+    @property
+    def tune_summary(self) -> Path:
+        return self.path / "tune_summary.json"

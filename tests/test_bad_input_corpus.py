@@ -167,7 +167,8 @@ def reward_setup(tmp_path_factory):
 
 
 def _score(reward_setup, fn: str, ids=None, **kw) -> dict:
-    from rlreg.actors.reward import RewardConfig, RewardWorker
+    from rlreg.actors.config import RewardConfig
+    from rlreg.actors.reward import RewardWorker
 
     path, tok, scaler, targets, default_ids = reward_setup
     cfg = RewardConfig(fn=fn if ":" in fn or fn == "neg_mse" else f"{path}:{fn}", timeout_s=0.5,

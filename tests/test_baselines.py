@@ -6,7 +6,7 @@ import pytest
 from sklearn.metrics import r2_score
 
 from rlreg.errors import DataError
-from rlreg.evaluate.baselines import BASELINES, fit_predict_baseline, text_features
+from rlreg.baselines.classical import BASELINES, fit_predict_baseline, text_features
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from rlreg.bench import BENCHMARKS, missing_requirements
+from rlreg.commands.bench import BENCHMARKS, missing_requirements
 
 CHEAP = ("learner", "rollout", "step")
 SELECTED = [name for name in CHEAP if not missing_requirements(name)]
@@ -36,7 +36,7 @@ def check_schema(data: dict, name: str) -> None:
 @pytest.mark.engine
 @pytest.mark.parametrize("name", SELECTED)
 def test_benchmark_smoke_run_writes_schema(name, tmp_path, ray_session):
-    from rlreg.bench import run_benchmark
+    from rlreg.commands.bench import run_benchmark
 
     out = run_benchmark(name, output=str(tmp_path / f"{name}.json"), quick=True)
     check_schema(json.loads(Path(out).read_text()), name)

@@ -20,7 +20,7 @@ pytestmark = pytest.mark.engine
 @pytest.fixture(scope="module")
 def run(tiny_cfg, ray_session, tmp_path_factory):
     """One supervised run (20 steps) — the only pipeline this module runs."""
-    from rlreg.train.main import run_supervised
+    from rlreg.train.pipeline import run_supervised
 
     cfg = copy.deepcopy(tiny_cfg)
     cfg.run_dir = str(tmp_path_factory.mktemp("eval_run"))
@@ -55,7 +55,7 @@ def test_checkpoint_reloads_with_the_same_greedy_predictions(run, tmp_path):
     from rlreg.actors.rollout import RolloutGroup
     from rlreg.config import load_config
     from rlreg.evaluate.sampling import sample_values
-    from rlreg.predict import load_checkpoint, read_rows, sample_task
+    from rlreg.commands.predict import load_checkpoint, read_rows, sample_task
     from rlreg.train.task import prepare_task
 
     run_dir, _ = run

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from rlreg.errors import ConfigError, DataError
-from rlreg.predict import PREDICTION_COLUMNS, load_checkpoint, read_rows, run_predict
+from rlreg.commands.predict import PREDICTION_COLUMNS, load_checkpoint, read_rows, run_predict
 
 pytestmark = pytest.mark.engine
 

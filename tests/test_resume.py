@@ -62,7 +62,7 @@ def _kill_tree(proc: subprocess.Popen) -> None:
 def test_resume_after_driver_sigkill_completes_run_once_per_step(tmp_path, tiny_task, ray_session):
     import torch
 
-    from rlreg.train.sft import BatchCursor
+    from rlreg.data.batches import BatchCursor
 
     cfg_path, run = tmp_path / "tiny.yaml", tmp_path / "run"
     cfg_path.write_text(CONFIG)

@@ -4,8 +4,9 @@ the penalty; a killed reward actor's chunk is retried on a replacement."""
 import numpy as np
 import pytest
 
-from rlreg.actors.reward import RewardConfig, RewardPool
-from rlreg.actors.session import RayConfig
+from rlreg.actors.config import RewardConfig
+from rlreg.actors.reward import RewardPool
+from rlreg.actors.config import RayConfig
 
 from reward_cases import reward_case
 

@@ -23,7 +23,8 @@ SESSION_PROBE = textwrap.dedent("""
     import json, grpc, psutil, ray
     from ray._raylet import AuthenticationMode, get_authentication_mode
     from ray.core.generated import gcs_service_pb2, gcs_service_pb2_grpc
-    from rlreg.actors.session import RayConfig, ensure_ray
+    from rlreg.actors.config import RayConfig
+    from rlreg.actors.session import ensure_ray
 
     ensure_ray(RayConfig(num_cpus=1))
 
@@ -144,7 +145,7 @@ def test_safe_defaults_deepspeed_checkpoint_load_refuses_tampered_file(tiny_task
     import torch
 
     from rlreg.actors.learner import LearnerGroup
-    from rlreg.actors.session import RayConfig
+    from rlreg.actors.config import RayConfig
 
     group = LearnerGroup(tiny_task.model_dir, tiny_cfg.learner, 1e-3, 10, RayConfig(torch_threads=1))
     try:
@@ -196,7 +197,7 @@ class _Rollout:
 
 def _runner(run_dir: Path, learner: _Learner):
     from rlreg.train.rl import RLRunner
-    from rlreg.train.sft import BatchCursor
+    from rlreg.data.batches import BatchCursor
 
     runner = object.__new__(RLRunner)  # checkpoint logic only: no actors
     runner.run_dir, runner.learner, runner.rollout = run_dir, learner, _Rollout()

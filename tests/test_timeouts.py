@@ -39,7 +39,7 @@ def test_timeout_every_remote_wait_in_rlreg_is_time_limited():
 @pytest.fixture(scope="module")
 def group(tiny_task, tiny_cfg, ray_session):
     from rlreg.actors.rollout import RolloutGroup
-    from rlreg.actors.session import RayConfig
+    from rlreg.actors.config import RayConfig
 
     ray_cfg = RayConfig(call_timeout_s=CALL_TIMEOUT_S, actor_start_timeout_s=300, torch_threads=1, max_restarts=1)
     g = RolloutGroup(tiny_task.model_dir, tiny_cfg.engine, tiny_cfg.model.max_positions, ray_cfg)
@@ -84,8 +84,9 @@ def test_timeout_hung_rollout_worker_is_replaced_with_current_weights(group, tin
 
 @pytest.mark.engine
 def test_timeout_hanging_reward_function_is_cut_off_and_counted(ray_session, tmp_path):
-    from rlreg.actors.reward import RewardConfig, RewardPool
-    from rlreg.actors.session import RayConfig
+    from rlreg.actors.config import RewardConfig
+    from rlreg.actors.reward import RewardPool
+    from rlreg.actors.config import RayConfig
     from rlreg.numbers.normalized import NormalizedDigits
     from rlreg.numbers.scalers import build_scaler
 
@@ -117,7 +118,7 @@ def test_timeout_hung_learner_rank_becomes_learner_lost(ray_session):
     import ray
 
     from rlreg.actors.learner import LearnerGroup, LearnerLost
-    from rlreg.actors.session import RayConfig
+    from rlreg.actors.config import RayConfig
 
     @ray.remote(num_cpus=0)
     def hung_rank() -> None:

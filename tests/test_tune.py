@@ -17,9 +17,9 @@ import yaml
 
 from rlreg.config import load_config
 from rlreg.errors import ConfigError
-from rlreg.tune import check_fits, check_sweep, trial_bundles
-from rlreg.tune_report import pick_best, plot_heatmap
-from rlreg.tune_space import grid_size, needs_own_sft
+from rlreg.tune.sweep import check_fits, check_sweep, trial_bundles
+from rlreg.tune.report import pick_best, plot_heatmap
+from rlreg.tune.config import grid_size, needs_own_sft
 
 TINY = [
     "data.source=sklearn:diabetes", "data.max_rows=200", "model.layers=1", "model.hidden=64", "model.heads=2",

@@ -29,28 +29,6 @@ class LearnerLost(ActorFailed):
     """A learner rank died or hung: the group's state is gone (restore it from a checkpoint)."""
 
 
-@dataclass
-class LearnerConfig:
-    world_size: int = 1
-    zero_stage: int = 1
-    weight_decay: float = 0.0
-    warmup_fraction: float = 0.05
-    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
-    grad_clip: float = 1.0
-    bf16: bool = False
-    # Encode each prompt once for its G samples (exact: same loss and gradients as the plain forward).
-    shared_prefix: bool = True
-    betas: list[float] | None = None
-
-    def validate(self) -> None:
-        if self.world_size < 1:
-            raise ConfigError(f"learner.world_size must be >= 1, got {self.world_size}")
-        if self.zero_stage not in (0, 1, 2, 3):
-            raise ConfigError(f"learner.zero_stage must be 0, 1, 2 or 3, got {self.zero_stage}")
-        if not 0 <= self.warmup_fraction < 1:
-            raise ConfigError(f"learner.warmup_fraction must be in [0, 1), got {self.warmup_fraction}")
-
-
 def cosine_with_warmup(total_steps: int, warmup_fraction: float, min_ratio: float):
     warmup = max(1, int(total_steps * warmup_fraction))
 
@@ -322,7 +300,7 @@ class LearnerGroup:
         require_resources(cfg.world_size * bundle["CPU"], cfg.world_size * bundle.get("GPU", 0),
                           f"the learner group ({cfg.world_size} rank(s))")
         # Inside a Ray Tune trial, the trial's placement group already holds the ranks' resources
-        # (rlreg.tune sizes it); a group of our own would wait for what the trial reserved.
+        # (rlreg.tune.sweep sizes it); a group of our own would wait for what the trial reserved.
         self._owns_placement = _enclosing_placement_group() is None
         if self._owns_placement:
             # One bundle per rank; PACK keeps ranks together when they fit, spreads them when not.

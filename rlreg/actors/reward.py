@@ -15,28 +15,6 @@ from rlreg.errors import ConfigError
 SPACES = ("z", "original", "scaled")
 
 
-@dataclass
-class RewardConfig:
-    fn: str = "neg_mse"  # registry name or module:function / file.py:function
-    options: dict = field(default_factory=dict)  # keyword options of the function, e.g. {clip: 10}
-    space: str = "z"  # z (z-scored targets) | original (units of the data) | scaled (the tokenizer's space)
-    workers: int = 2
-    invalid_penalty: float = -10.0
-    failure_penalty: float = -10.0
-    timeout_s: float = 30.0  # one reward-function call
-
-    def validate(self) -> None:
-        from rlreg.algos.rewards import load_reward
-
-        if self.space not in SPACES:
-            raise ConfigError(f"reward.space must be one of {', '.join(SPACES)}, got {self.space!r}")
-        if self.workers < 1:
-            raise ConfigError(f"reward.workers must be >= 1, got {self.workers}")
-        if self.timeout_s <= 0:
-            raise ConfigError(f"reward.timeout_s must be > 0, got {self.timeout_s}")
-        load_reward(self.fn, **self.options)  # fail at config time, naming the function
-
-
 class RewardWorker:
     def __init__(self, number_spec: dict, scaler_state: dict, cfg: RewardConfig):
         from rlreg.algos.rewards import load_reward

@@ -13,7 +13,8 @@ import ray
 
 from rlreg import device
 from rlreg.model.encoder import ENCODER_PREFIX
-from rlreg.model.engine import EngineConfig, NumberEngine, Samples
+from rlreg.model.config import EngineConfig
+from rlreg.model.engine import NumberEngine, Samples
 
 EMBED_KEY = "model.embed_tokens.weight"  # Llama's token embeddings under HF names
 

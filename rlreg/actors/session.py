@@ -17,38 +17,6 @@ class ActorFailed(RlregError, RuntimeError):
     """A Ray actor died or stopped answering more often than ray.max_restarts allows."""
 
 
-@dataclass
-class RayConfig:
-    address: str | None = None  # None: join RAY_ADDRESS if set (inside `ray job submit`), else start locally
-    num_cpus: int | None = None  # for a local session; None = all cores
-    rollout_cpus: float = 0.5  # logical CPUs per rollout actor (fractions let roles share 2 cores)
-    reward_cpus: float = 0.1
-    learner_cpus: float = 0.5
-    torch_threads: int = 0  # 0: as many as cores, set explicitly inside every actor
-    actor_start_timeout_s: float = 300.0
-    call_timeout_s: float = 900.0
-    # Replacements of a dead or hung rollout worker, and restores of a lost learner group, per run
-    # before it stops with an error (reward actors retry a failed chunk on a fresh actor each time).
-    max_restarts: int = 3
-    # Custom Ray resources each rollout actor / learner rank also requests, e.g. {node_a: 0.1}
-    # to place a role on nodes started with `--resources '{"node_a": 1}'` (multi-node placement).
-    rollout_resources: dict = field(default_factory=dict)
-    learner_resources: dict = field(default_factory=dict)
-
-    def validate(self) -> None:
-        for key in ("rollout_cpus", "reward_cpus", "learner_cpus", "actor_start_timeout_s", "call_timeout_s"):
-            if getattr(self, key) <= 0:
-                raise ConfigError(f"ray.{key} must be > 0, got {getattr(self, key)}")
-        if self.max_restarts < 0:
-            raise ConfigError(f"ray.max_restarts must be >= 0, got {self.max_restarts}")
-        for key in ("rollout_resources", "learner_resources"):
-            for name, amount in getattr(self, key).items():
-                if name in ("CPU", "GPU", "memory") or isinstance(amount, bool) \
-                        or not isinstance(amount, (int, float)) or amount <= 0:
-                    raise ConfigError(f"ray.{key}: '{name}: {amount!r}' must name a custom resource with an "
-                                      f"amount > 0 (CPUs/GPUs come from ray.*_cpus and the device)")
-
-
 def actor_env() -> dict[str, str]:
     """Environment the compute actors (rollout engines, learner ranks) start with; OpenMP reads it
     once, at process start. By default an idle OpenMP thread spin-waits at each barrier: with a

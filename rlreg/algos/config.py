@@ -1,5 +1,5 @@
 """AlgoConfig: the algorithm keys of the `rl:` config section (advantage, loss terms).
-The reward function has its own section (rlreg.actors.reward.RewardConfig).
+The reward function has its own section (rlreg.actors.config.RewardConfig).
 
 The RL loop's own config (steps, group size, learning rate, ...) can inherit from or embed
 this; errors name keys as `rl.<key>`. Only scalar fields, so dotted CLI overrides reach all.
@@ -42,3 +42,31 @@ class AlgoConfig:
         if self.clip_eps is not None and not 0 < self.clip_eps < 1:
             raise ConfigError(f"rl.clip_eps must be in (0, 1) or null, got {self.clip_eps!r}")
         return self
+
+
+@dataclass(frozen=True)
+class RLLossOptions:
+    """What the learner's RL objective reads. No defaults here: every value comes from the `rl:`
+    section (RLConfig.loss_options), so each setting has exactly one default, in AlgoConfig/RLConfig."""
+
+    temperature: float
+    clip_eps: float | None
+    loss_agg: str
+    kl_coef: float
+    kl_kind: str
+    kl_in: str
+    entropy_coef: float
+    expert_ce_coef: float
+
+    @property
+    def kl_in_loss(self) -> bool:
+        return self.kl_coef > 0 and self.kl_in == "loss"
+
+
+@dataclass(frozen=True)
+class SFTLossOptions:
+    """What the supervised objective reads; built by SFTConfig.loss_options."""
+
+    loss: str
+    ntl_weight: float
+    dist2_sigma: float

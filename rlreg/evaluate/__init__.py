@@ -11,7 +11,7 @@ from rlreg.evaluate.aggregate import (
     rows_without_valid,
     sample_interval,
 )
-from rlreg.evaluate.baselines import BASELINES, TARGET_TRANSFORMS, fit_predict_baseline, text_features
+from rlreg.baselines.classical import BASELINES, TARGET_TRANSFORMS, fit_predict_baseline, text_features
 from rlreg.evaluate.metrics import (
     bootstrap_ci,
     coverage,

@@ -10,28 +10,6 @@ import numpy as np
 from rlreg.errors import ConfigError
 
 
-@dataclass
-class EvalConfig:
-    samples: int = 32  # K per input (the paper evaluates with 128)
-    temperature: float = 1.0
-    aggregation: str = "auto"  # auto (best on validation) | mean | median | trimmed_mean
-    chunk_inputs: int = 64  # inputs per engine call: bounds each remote wait
-    n_boot: int = 1000
-    plots: bool = True
-    # Compared on the same splits: hgb, ridge, reghead (the LM with an MSE regression head; trains
-    # with the sft section's budget, so it costs about as much as the supervised stage).
-    baselines: list[str] = field(default_factory=lambda: ["hgb", "ridge"])
-
-    def validate(self) -> None:
-        if self.samples < 1 or self.chunk_inputs < 1:
-            raise ConfigError("eval.samples and eval.chunk_inputs must be >= 1")
-        unknown = set(self.baselines) - {"hgb", "ridge", "reghead"}
-        if unknown:
-            raise ConfigError(f"eval.baselines: unknown {sorted(unknown)}; choose from hgb, ridge, reghead")
-        if self.aggregation not in ("auto", "mean", "median", "trimmed_mean"):
-            raise ConfigError(f"eval.aggregation must be auto, mean, median or trimmed_mean, got {self.aggregation!r}")
-
-
 def sample_values(rollout, task, split: str, k: int, temperature: float,
                   chunk: int) -> tuple[np.ndarray, np.ndarray]:
     """values [N, K] in original units and validity [N, K] for a split, sampled through a RolloutGroup."""
@@ -69,7 +47,7 @@ def run_baselines(task, cfg) -> dict:
     """The configured baselines (eval.baselines) on the same splits, scored like the model."""
     predictions = classical_predictions(task, [b for b in cfg.eval.baselines if b != "reghead"])
     if "reghead" in cfg.eval.baselines:
-        from rlreg.train.reghead import train_regression_head
+        from rlreg.baselines.reghead import train_regression_head
 
         sft = cfg.sft
         predictions["reghead"] = train_regression_head(task, sft.steps, sft.batch_size, sft.lr, sft.eval_every,
@@ -93,7 +71,7 @@ def classical_predictions(task, names) -> dict[str, dict[str, np.ndarray]]:
     """HistGradientBoosting / Ridge predictions for val and test (one fit each, on train)."""
     import scipy.sparse as sp
 
-    from rlreg.evaluate.baselines import fit_predict_baseline, text_features
+    from rlreg.baselines.classical import fit_predict_baseline, text_features
 
     ds = task.dataset
     idx = {s: getattr(ds.splits, s) for s in ("train", "val", "test")}

@@ -1,3 +1,4 @@
+"""The `model:` and `engine:` config sections: what model to build and how vLLM serves it."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -43,3 +44,28 @@ class ModelConfig:
             raise ConfigError("model.soft_tokens and model.encoder_hidden must be >= 1")
         if not 64 <= self.prompt_vocab <= 65536:
             raise ConfigError(f"model.prompt_vocab must be in 64..65536, got {self.prompt_vocab}")
+
+
+@dataclass
+class EngineConfig:
+    """The vLLM engine each rollout worker owns."""
+
+    kv_cache_memory_bytes: int = 256 * 1024**2  # CPU: RAM reserved for the KV cache
+    block_size: int = 32  # CPU default is 128; only full blocks are prefix-cached, and prompts are short
+    max_num_seqs: int = 256
+    enable_prefix_caching: bool = True  # the G samples of one input share its prompt
+    enforce_eager: bool = True  # graph capture buys nothing on CPU and costs start-up time
+    seed: int = 0  # engine-level: a per-request seed kills vLLM's CPU engine
+    dtype: str = "model"  # "model": the dtype the model was built in (vLLM's "auto" picks bf16 on CPU)
+    # Post-hoc health check, not a limit: warn when one generate() call took longer than this. The
+    # limit on a hung engine is the Ray-side wait in rlreg.actors.rollout (ray.call_timeout_s), after
+    # which the worker is replaced.
+    timeout_s: float = 600.0
+
+    def validate(self) -> None:
+        if self.kv_cache_memory_bytes < 16 * 1024**2:
+            raise ConfigError(f"engine.kv_cache_memory_bytes must be >= 16 MiB, got {self.kv_cache_memory_bytes}")
+        if self.block_size not in (16, 32, 64, 128):
+            raise ConfigError(f"engine.block_size must be 16, 32, 64 or 128, got {self.block_size}")
+        if self.max_num_seqs < 1:
+            raise ConfigError(f"engine.max_num_seqs must be >= 1, got {self.max_num_seqs}")

@@ -6,6 +6,8 @@ import math
 from dataclasses import dataclass
 
 from rlreg.errors import ConfigError
+from rlreg.numbers.registry import build_number_tokenizer
+from rlreg.numbers.scalers import build_scaler
 
 
 @dataclass
@@ -32,9 +34,6 @@ class NumbersConfig:
 
     def validate(self) -> "NumbersConfig":
         """Raise ConfigError naming the first bad key; returns self for chaining."""
-        from rlreg.numbers.registry import build_number_tokenizer
-        from rlreg.numbers.scalers import build_scaler
-
         build_number_tokenizer(self)  # the tokenizer classes own their parameter ranges
         margin = self.scaler_margin
         if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not math.isfinite(margin):

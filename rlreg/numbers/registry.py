@@ -10,9 +10,10 @@ from rlreg.errors import ConfigError
 
 if TYPE_CHECKING:
     from rlreg.numbers.base import NumberTokenizer
-    from rlreg.numbers.config import NumbersConfig
 
 NUMBER_TOKENIZERS: dict[str, type["NumberTokenizer"]] = {}
+# Keys of the `numbers:` section that are not tokenizer parameters: a whole section is a valid spec.
+SECTION_KEYS = ("tokenizer", "scaler", "scaler_margin")
 
 T = TypeVar("T", bound=type)
 
@@ -36,16 +37,14 @@ def _parameters(cls: type) -> list[str]:
     return [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
 
 
-def build_number_tokenizer(spec: "Mapping[str, Any] | NumbersConfig") -> "NumberTokenizer":
-    """Tokenizer from a describe() dict or a NumbersConfig.
+def build_number_tokenizer(spec: "Mapping[str, Any]") -> "NumberTokenizer":
+    """Tokenizer from a describe() dict or a `numbers:` section (a NumbersConfig).
 
-    A dict names the class under "tokenizer" and may hold other NumbersConfig keys (ignored when
-    the class does not take them, so a whole `numbers:` config section works); any other key is
-    a ConfigError, as are an unknown tokenizer name and out-of-range parameters.
+    The spec names the class under "tokenizer" and may hold the parameters of any registered
+    tokenizer (ignored when this class does not take them, so a whole section works); any other
+    key is a ConfigError, as are an unknown tokenizer name and out-of-range parameters.
     """
-    from rlreg.numbers.config import NumbersConfig
-
-    if isinstance(spec, NumbersConfig):
+    if dataclasses.is_dataclass(spec) and not isinstance(spec, type):
         spec = dataclasses.asdict(spec)
     elif not isinstance(spec, Mapping):
         raise ConfigError(f"numbers: expected a mapping or NumbersConfig, got {type(spec).__name__}")
@@ -54,7 +53,7 @@ def build_number_tokenizer(spec: "Mapping[str, Any] | NumbersConfig") -> "Number
         raise ConfigError(f"numbers.tokenizer must be one of {number_tokenizer_names()}, got {name!r}")
     cls = NUMBER_TOKENIZERS[name]
     params = _parameters(cls)
-    known = {f.name for f in dataclasses.fields(NumbersConfig)} | set(params)
+    known = set(SECTION_KEYS).union(*(_parameters(c) for c in NUMBER_TOKENIZERS.values()))
     unknown = sorted(set(spec) - known)
     if unknown:
         raise ConfigError(f"numbers: unknown key {unknown[0]!r} (known: {sorted(known)})")

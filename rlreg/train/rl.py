@@ -20,44 +20,6 @@ LATEST = "latest.json"  # names the newest complete RL checkpoint; written last,
 ROLLOUT_RNG_FILE = "rollout_rng.json"  # the engines' sampler RNG states, inside a checkpoint's tag dir
 
 
-@dataclass
-class RLConfig(AlgoConfig):
-    enabled: bool = True
-    steps: int = 50
-    batch_size: int = 8  # inputs per step
-    group_size: int = 16  # G samples per input
-    temperature: float = 1.0
-    lr: float = 1e-4
-    ppo_epochs: int = 1  # learner updates per batch (>1 wants clip_eps)
-    sync_every: int = 1  # push weights to the engines every k steps
-    rollout_workers: int = 1
-    eval_every: int = 10  # validation RMSE every k steps (0: only at the end)
-    eval_samples: int = 16
-    checkpoint_every: int = 0  # 0: no intermediate checkpoints
-
-    def validate(self) -> "RLConfig":
-        super().validate()
-        for key in ("steps", "batch_size", "group_size", "ppo_epochs", "sync_every", "rollout_workers",
-                    "eval_samples"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"rl.{key} must be >= 1, got {getattr(self, key)}")
-        if self.group_size < 2 and self.advantage in ("grpo", "rloo", "drgrpo"):
-            raise ConfigError(f"rl.group_size must be >= 2 for rl.advantage={self.advantage}")
-        if self.temperature <= 0:
-            raise ConfigError(f"rl.temperature must be > 0, got {self.temperature}")
-        if self.lr <= 0:
-            raise ConfigError(f"rl.lr must be > 0, got {self.lr}")
-        for key in ("eval_every", "checkpoint_every"):  # 0 turns them off
-            if getattr(self, key) < 0:
-                raise ConfigError(f"rl.{key} must be >= 0, got {getattr(self, key)}")
-        return self
-
-    def learner_options(self) -> dict:
-        return {"temperature": self.temperature, "clip_eps": self.clip_eps, "loss_agg": self.loss_agg,
-                "kl_coef": self.kl_coef, "kl_kind": self.kl_kind, "kl_in": self.kl_in,
-                "entropy_coef": self.entropy_coef, "expert_ce_coef": self.expert_ce_coef}
-
-
 def require_rl_resources(cfg) -> None:
     """The three roles run side by side: check their sum fits before starting any of them (a request
     that cannot fit would otherwise wait for actors or a placement group until the start timeout)."""
@@ -86,7 +48,7 @@ class RLRunner:
         from rlreg.actors.learner import LearnerGroup
         from rlreg.actors.reward import RewardPool
         from rlreg.actors.rollout import RolloutGroup
-        from rlreg.train.sft import BatchCursor
+        from rlreg.data.batches import BatchCursor
 
         self.cfg, self.task, self.run_dir = cfg, task, Path(run_dir)
         self.start_model_dir = Path(start_model_dir)
@@ -235,7 +197,7 @@ class RLRunner:
         """A learner rank died or hung: start a new learner group and restore the last checkpoint
         (without one, the start model at step 0), at most ray.max_restarts times a run."""
         from rlreg.actors.learner import LearnerGroup, LearnerLost
-        from rlreg.train.sft import BatchCursor
+        from rlreg.data.batches import BatchCursor
 
         limit = self.cfg.ray.max_restarts
         if self.learner_restarts >= limit:

@@ -12,59 +12,6 @@ from rlreg.errors import ConfigError
 LOSSES = ("ce", "ntl_was", "dist2")
 
 
-@dataclass
-class SFTConfig:
-    enabled: bool = True
-    steps: int = 300
-    batch_size: int = 64
-    lr: float = 1e-3
-    loss: str = "ce"  # ce | ntl_was (CE + ntl_weight·NTL-WAS) | dist2
-    ntl_weight: float = 0.3
-    dist2_sigma: float = 1.0
-    eval_every: int = 50
-    patience: int = 4  # evaluations without a better validation score before stopping
-    # Model selection: "rmse" = greedy-decode RMSE on validation (the token CE averages over all
-    # positions, and the low-order digits' noise hides whether the leading digits still improve).
-    select_by: str = "rmse"
-    init_from: str | None = None  # a model directory to start from instead of training
-
-    def validate(self) -> None:
-        if self.select_by not in ("rmse", "loss"):
-            raise ConfigError(f"sft.select_by must be rmse or loss, got {self.select_by!r}")
-        if self.loss not in LOSSES:
-            raise ConfigError(f"sft.loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
-        for key in ("steps", "batch_size", "eval_every", "patience"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"sft.{key} must be >= 1, got {getattr(self, key)}")
-        if self.lr <= 0:
-            raise ConfigError(f"sft.lr must be > 0, got {self.lr}")
-
-
-class BatchCursor:
-    """Seeded epoch-wise shuffling with a position that can be saved and restored."""
-
-    def __init__(self, n: int, batch_size: int, seed: int, epoch: int = 0, offset: int = 0):
-        self.n, self.batch_size, self.seed = n, batch_size, seed
-        self.epoch, self.offset = epoch, offset
-
-    def _order(self) -> np.ndarray:
-        return np.random.default_rng([self.seed, self.epoch]).permutation(self.n)
-
-    def next(self) -> np.ndarray:
-        out = []
-        while len(out) < min(self.batch_size, self.n):
-            order = self._order()
-            take = order[self.offset : self.offset + self.batch_size - len(out)]
-            out.extend(take.tolist())
-            self.offset += len(take)
-            if self.offset >= self.n:
-                self.epoch, self.offset = self.epoch + 1, 0
-        return np.asarray(out)
-
-    def state(self) -> dict:
-        return {"epoch": self.epoch, "offset": self.offset}
-
-
 def sft_options(cfg: SFTConfig) -> dict:
     return {"loss": cfg.loss, "ntl_weight": cfg.ntl_weight, "dist2_sigma": cfg.dist2_sigma}
 

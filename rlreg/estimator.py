@@ -83,7 +83,7 @@ class RLRegressor(RegressorMixin, BaseEstimator):
 
     def fit(self, X, y) -> "RLRegressor":
         from rlreg.data.memory import drop_arrays, put_arrays
-        from rlreg.train.main import run_train
+        from rlreg.train.pipeline import run_train
 
         X, y = validate_data(self, X, y, y_numeric=True, dtype=np.float64)
         self._check_fit_inputs(len(y), y)
@@ -152,7 +152,7 @@ class RLRegressor(RegressorMixin, BaseEstimator):
 
     def _draw(self, X) -> tuple[np.ndarray, np.ndarray]:
         """values [N, K] and validity [N, K] for the rows of X."""
-        from rlreg.predict import load_checkpoint, rows_from_arrays, sample_task
+        from rlreg.commands.predict import load_checkpoint, rows_from_arrays, sample_task
 
         check_is_fitted(self, "checkpoint_")
         X = validate_data(self, X, reset=False, dtype=np.float64)

@@ -8,8 +8,9 @@ The search space maps dotted RunConfig keys to one sampling spec each, e.g.
         rl.group_size: {choice: [4, 8]}
         rl.lr: {loguniform: [1.0e-5, 1.0e-3]}
 
-Kept free of Ray imports so that loading any config stays cheap; rlreg.tune turns the space
-into Ray Tune domains and runs the sweep."""
+Kept free of Ray imports so that loading any config stays cheap; rlreg.tune.sweep turns the
+space into Ray Tune domains and runs the sweep. The keys are checked against the whole run
+config by RunConfig.validate (check_space_keys), which knows the schema this module does not."""
 from __future__ import annotations
 
 import dataclasses
@@ -69,15 +70,13 @@ class TuneConfig:
         if self.time_budget_s is not None and self.time_budget_s <= 0:
             raise ConfigError(f"tune.time_budget_s must be > 0, got {self.time_budget_s}")
         for key, spec in self.space.items():
-            check_key(str(key))
             check_spec(str(key), spec, self.search)
 
 
-def _leaf_type(key: str) -> Any:
-    """The annotated type of dotted `key` in RunConfig; ConfigError naming the bad part if it has none."""
-    from rlreg.config import RunConfig  # late: rlreg.config imports this module
-
-    tp: Any = RunConfig
+def _leaf_type(key: str, root: type) -> Any:
+    """The annotated type of dotted `key` in the `root` config dataclass; ConfigError naming the bad
+    part if it has none."""
+    tp: Any = root
     parts = key.split(".")
     for i, part in enumerate(parts):
         if not dataclasses.is_dataclass(tp):
@@ -103,13 +102,19 @@ def _leaf_type(key: str) -> Any:
     return tp
 
 
-def check_key(key: str) -> None:
+def check_space_keys(space: dict, root: type) -> None:
+    """Every swept key names a setting of `root` (the run config) that may be swept."""
+    for key in space:
+        check_key(str(key), root)
+
+
+def check_key(key: str, root: type) -> None:
     if not key or any(not part for part in key.split(".")):
         raise ConfigError(f"tune.space: '{key}' is not a dotted config key")
     if key.split(".")[0] in UNSWEEPABLE:
         raise ConfigError(f"tune.space: '{key}' cannot be swept (each trial gets its own run_dir; "
                           f"the tune section configures the sweep itself)")
-    _leaf_type(key)
+    _leaf_type(key, root)
 
 
 def check_spec(key: str, spec: Any, search: str) -> None:
@@ -161,25 +166,6 @@ def grid_size(space: dict, search: str) -> int:
             size *= len(arg)
     return size
 
-
-def to_param_space(space: dict, search: str) -> dict:
-    """The space as Ray Tune domains, keyed by the dotted config keys."""
-    from ray import tune
-
-    out = {}
-    for key, spec in space.items():
-        ((kind, arg),) = spec.items()
-        if kind == "grid" or (kind == "choice" and search == "grid"):
-            out[key] = tune.grid_search(list(arg))
-        elif kind == "choice":
-            out[key] = tune.choice(list(arg))
-        elif kind == "uniform":
-            out[key] = tune.uniform(float(arg[0]), float(arg[1]))
-        elif kind == "loguniform":
-            out[key] = tune.loguniform(float(arg[0]), float(arg[1]))
-        else:
-            out[key] = tune.randint(int(arg[0]), int(arg[1]))
-    return out
 
 
 def set_dotted(mapping: dict, key: str, value: Any) -> None:

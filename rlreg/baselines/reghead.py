@@ -38,7 +38,7 @@ def train_regression_head(task, steps: int, batch_size: int, lr: float, eval_eve
     from the step with the best validation RMSE."""
     from rlreg.actors.learner import load_policy
     from rlreg.model.build import ModelMeta
-    from rlreg.train.sft import BatchCursor
+    from rlreg.data.batches import BatchCursor
 
     torch.manual_seed(seed)
     meta = ModelMeta.load(task.model_dir)

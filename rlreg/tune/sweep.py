@@ -6,7 +6,7 @@ sft.*, in which case each trial trains its own supervised stage. Trials report v
 every rl.eval_every RL steps (ASHA stops bad ones); each trial holds a placement group sized for
 its actors, checked against the cluster before anything starts. Outputs in the run dir:
 results.csv, best.yaml (runnable: `rlreg train best.yaml`), tune_summary.json and plots
-(rlreg.tune_report)."""
+(rlreg.tune.report)."""
 from __future__ import annotations
 
 import copy
@@ -21,7 +21,7 @@ from typing import Any, Callable
 
 from rlreg.configlib import from_mapping, to_mapping, write_yaml
 from rlreg.errors import ConfigError, RlregError
-from rlreg.tune_space import candidate_values, grid_size, needs_own_sft, set_dotted, to_param_space
+from rlreg.tune.config import candidate_values, grid_size, needs_own_sft, set_dotted, to_param_space
 
 FINAL_KEYS = ("rmse", "mae", "r2")
 
@@ -174,7 +174,7 @@ def _tune_trial(params: dict, base: dict, root: str, init_from: str | None, fina
 # -- the sweep --------------------------------------------------------------------------------------
 def _shared_start(cfg, run_dir: Path) -> tuple[str | None, float | None]:
     """The supervised checkpoint every trial starts from (trained here, once) and its val RMSE."""
-    from rlreg.train.main import run_supervised
+    from rlreg.train.pipeline import run_supervised
 
     if cfg.sft.init_from:
         return str(Path(cfg.sft.init_from).resolve()), None
@@ -249,7 +249,7 @@ def run_tune(cfg) -> dict:
 
     grid = _build_tuner(cfg, run_dir, bundles, concurrent, init_from).fit()
 
-    from rlreg.tune_report import collect_rows, pick_best, plot_curves, plot_heatmap
+    from rlreg.tune.report import collect_rows, pick_best, plot_curves, plot_heatmap
 
     keys = list(tcfg.space)
     rows, curves = collect_rows(grid, keys, tcfg.metric, tcfg.mode, cfg.rl.steps)

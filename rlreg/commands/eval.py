@@ -119,7 +119,7 @@ def _plots(task, values, valid, how: str, split: str, run_dir: Path, k: int) -> 
 
 def _print(task, payload: dict, split: str, out: Path) -> None:
     from rlreg.evaluate.report import format_table
-    from rlreg.train.main import REPORT_COLUMNS
+    from rlreg.train.pipeline import REPORT_COLUMNS
 
     def row(method: str, metrics: dict) -> dict:
         return {"method": method, **{k: metrics.get(k) for k in REPORT_COLUMNS[1:]}}
