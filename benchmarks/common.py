@@ -4,7 +4,6 @@ This machine is small (2 cores) and shared, so rlreg and its peer are always tim
 with their repeats interleaved (A B B A ...), and the load average is recorded around each run."""
 from __future__ import annotations
 
-import json
 import os
 import platform
 import statistics
@@ -14,6 +13,8 @@ from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable
+
+from rlreg.io import write_json
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
@@ -112,12 +113,7 @@ def write_result(data: dict, output: Path | None, quick: bool) -> Path:
 
         where = Path(tempfile.gettempdir(), "rlreg-bench") if quick else RESULTS_DIR
         output = where / (f"{data['benchmark']}_quick.json" if quick else f"{data['benchmark']}.json")
-    output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=1, default=_jsonable) + "\n")
-    tmp.replace(output)
-    return output
+    return write_json(output, data, default=_jsonable)
 
 
 def _jsonable(value: Any) -> Any:
@@ -160,7 +156,7 @@ def prepare_process() -> None:
     if given is None:
         del os.environ["OMP_WAIT_POLICY"]
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
-    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # in-process engines (DESIGN.md)
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # in-process engines: they start in seconds
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     import warnings
 

@@ -1,89 +1,24 @@
-"""Command line: `rlreg data show SOURCE`, `rlreg train CONFIG`. Later stages add their commands."""
+"""Command line: argument parsing only; each command runs in its own module of rlreg.commands."""
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from typing import Sequence
 
+from rlreg.commands.bench import BENCHMARKS
 from rlreg.errors import RlregError
 
 EPILOG = "Settings: any config key as dotted.key=value after the config file (e.g. model.layers=4 run_dir=runs/x)."
 
 
-def _cmd_data_show(args: argparse.Namespace) -> int:
-    from rlreg.config import load_config
-    from rlreg.data.show import show_dataset
+def _command(name: str):
+    """The `run(args)` of rlreg.commands.<name>, imported only when that command runs (the others'
+    engines and Ray are not loaded for it, nor for --help)."""
+    def run(args: argparse.Namespace) -> int:
+        return importlib.import_module(f"rlreg.commands.{name}").run(args)
 
-    cfg = load_config(args.config, [f"data.source={args.source}", *args.overrides])
-    print(show_dataset(cfg.data))
-    return 0
-
-
-def _cmd_train(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from rlreg.config import load_config
-    from rlreg.errors import ConfigError
-    from rlreg.train.pipeline import run_train
-
-    if args.resume:
-        saved = Path(args.resume) / "config.yaml"
-        if not saved.is_file():
-            raise ConfigError(f"--resume {args.resume}: no config.yaml there (not an rlreg run directory)")
-        # The run's own saved config wins; CONFIG only names what was run, overrides still apply.
-        cfg = load_config(saved, [*args.overrides, f"run_dir={args.resume}"])
-    else:
-        cfg = load_config(args.config, args.overrides)
-    run_train(cfg, resume=bool(args.resume))
-    return 0
-
-
-def _cmd_sft(args: argparse.Namespace) -> int:
-    from rlreg.config import load_config
-    from rlreg.train.pipeline import run_supervised
-
-    run_supervised(load_config(args.config, args.overrides), "sft")
-    return 0
-
-
-def _cmd_tune(args: argparse.Namespace) -> int:
-    from rlreg.config import load_config
-    from rlreg.tune.sweep import run_tune
-
-    run_tune(load_config(args.config, args.overrides))
-    return 0
-
-
-def _cmd_eval(args: argparse.Namespace) -> int:
-    from rlreg.commands.eval import run_eval
-
-    run_eval(args.run_dir, split=args.split, samples=args.samples, baselines=args.baselines,
-             overrides=args.overrides)
-    return 0
-
-
-def _cmd_predict(args: argparse.Namespace) -> int:
-    from rlreg.commands.predict import run_predict
-
-    out = run_predict(args.checkpoint, args.input, args.output, samples=args.samples, alpha=args.alpha,
-                      aggregation=args.aggregation, temperature=args.temperature, overrides=args.overrides)
-    print(f"wrote {out['rows']} rows to {out['output']} ({out['samples']} samples each, "
-          f"{out['aggregation']} from {out['aggregation_from']}, {1 - out['alpha']:.0%} intervals)")
-    if out["rows_without_valid"]:
-        print(f"warning: {out['rows_without_valid']} rows had no valid sample (empty prediction)", file=sys.stderr)
-    return 0
-
-
-def _cmd_bench(args: argparse.Namespace) -> int:
-    from rlreg.commands.bench import run_benchmark, run_quality_benchmark
-
-    if args.name == "quality":
-        run_quality_benchmark(args.preset, args.output, args.splits, args.datasets, args.methods)
-        return 0
-    if args.preset or args.splits or args.datasets or args.methods:
-        print("note: --preset/--splits/--datasets/--methods apply only to `rlreg bench quality`", file=sys.stderr)
-    run_benchmark(args.name, output=args.output, repeats=args.repeats, quick=args.quick)
-    return 0
+    return run
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -98,26 +33,26 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("source")
     show.add_argument("overrides", nargs="*", help="dotted.key=value, e.g. data.split=3")
     show.add_argument("--config", default=None, help="a YAML config whose data section to start from")
-    show.set_defaults(func=_cmd_data_show)
+    show.set_defaults(func=_command("data"))
 
     sft = sub.add_parser("sft", help="supervised stage (token-level CE / NTL / DIST2) + sampled evaluation",
                          epilog=EPILOG)
     sft.add_argument("config")
     sft.add_argument("overrides", nargs="*")
-    sft.set_defaults(func=_cmd_sft)
+    sft.set_defaults(func=_command("sft"))
 
     train = sub.add_parser("train", help="supervised stage then RL (ReMax/GRPO/...) + evaluation before and after", epilog=EPILOG)
     train.add_argument("config")
     train.add_argument("overrides", nargs="*")
     train.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint")
-    train.set_defaults(func=_cmd_train)
+    train.set_defaults(func=_command("train"))
 
     tune = sub.add_parser("tune", help="Ray Tune sweep over the config's tune.space (each trial a full RL run)",
                           epilog="The tune: section of CONFIG holds the space, e.g. tune.space: {reward.fn: {grid: "
                                  "[neg_mse, neg_abs]}}. Writes results.csv, best.yaml and plots. " + EPILOG)
     tune.add_argument("config")
     tune.add_argument("overrides", nargs="*")
-    tune.set_defaults(func=_cmd_tune)
+    tune.set_defaults(func=_command("tune"))
 
     ev = sub.add_parser("eval", help="evaluate a run's checkpoint again by sampling (any split, any K)",
                         epilog="Writes RUN_DIR/eval_<split>.json and plots; metrics.json is left as it is. "
@@ -127,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--samples", type=int, default=None, metavar="K", help="samples per input (default: the run's eval.samples)")
     ev.add_argument("--split", choices=("test", "val", "train"), default="test")
     ev.add_argument("--baselines", action="store_true", help="add HistGradientBoosting and Ridge on the same split")
-    ev.set_defaults(func=_cmd_eval)
+    ev.set_defaults(func=_command("eval"))
 
     pr = sub.add_parser("predict", help="predict new rows (CSV / JSONL) with a checkpoint, with intervals",
                         epilog="Input: the checkpoint's feature columns by name (a 'text' column for text sources); "
@@ -142,9 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--aggregation", choices=("mean", "median", "trimmed_mean"), default=None,
                     help="default: the one chosen on validation for this checkpoint, else mean")
     pr.add_argument("--temperature", type=float, default=None, help="default: the run's eval.temperature")
-    pr.set_defaults(func=_cmd_predict)
-
-    from rlreg.commands.bench import BENCHMARKS
+    pr.set_defaults(func=_command("predict"))
 
     bench = sub.add_parser("bench", help="speed benchmarks vs HF generate / TRL, and the quality benchmark",
                            epilog="Writes benchmarks/results/NAME.json unless --output is given; see benchmarks/README.md.")
@@ -161,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="quality only: a subset of the preset's datasets, e.g. uci:yacht,sqlcard:scale")
     bench.add_argument("--methods", type=comma_list, default=None, metavar="A,B",
                        help="quality only: a subset of methods, e.g. CE,CE+ReMax (RL methods bring CE)")
-    bench.set_defaults(func=_cmd_bench)
+    bench.set_defaults(func=_command("bench"))
     return parser
 
 

@@ -1,7 +1,7 @@
 """Typed configs from YAML: dataclasses filled from nested mappings, strict about keys and types.
 
-Kept apart from the config schema (config.py) so that each subpackage can own its own dataclass
-and this loader stays generic."""
+Kept apart from the config schema (rlreg/config.py and each package's config.py) so that every
+package owns its section's dataclass and this loader stays generic."""
 from __future__ import annotations
 
 import dataclasses
@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 import yaml
 
 from rlreg.errors import ConfigError
+from rlreg.io import write_text
 
 T = TypeVar("T")
 
@@ -146,4 +147,4 @@ def read_yaml(path: str | Path) -> dict:
 
 def write_yaml(obj: Any, path: str | Path) -> None:
     data = to_mapping(obj) if dataclasses.is_dataclass(obj) else obj
-    Path(path).write_text(yaml.safe_dump(data, sort_keys=False))
+    write_text(path, yaml.safe_dump(data, sort_keys=False))

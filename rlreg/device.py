@@ -70,14 +70,6 @@ def ray_gpus_per_actor(requested: float) -> float:
     return requested if has_cuda() else 0.0
 
 
-def torch_dtype(name: str):
-    import torch
-
-    table = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
-             "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
-    return table[name]
-
-
 def engine_env() -> dict[str, str]:
     """Environment for processes that create a vLLM engine.
 

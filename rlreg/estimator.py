@@ -1,4 +1,5 @@
-"""RLRegressor: the rlreg pipeline behind scikit-learn's fit / predict / score.
+"""RLRegressor: the rlreg pipeline behind scikit-learn's fit / predict / score (`from rlreg import
+RLRegressor`; the module is not named after scikit-learn, which it wraps).
 
 fit hands X, y to the in-memory `array:` data source and runs `rlreg train`'s own pipeline
 (run_train: data → model → supervised stage → optional RL → sampled evaluation) into a run
@@ -12,6 +13,19 @@ from typing import Sequence
 import numpy as np
 from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.utils.validation import check_is_fitted, validate_data
+
+from rlreg.actors.rollout import RolloutGroup
+from rlreg.actors.session import ensure_ray
+from rlreg.config import load_config
+from rlreg.data.memory import drop_arrays, put_arrays
+from rlreg.data.rows import rows_from_arrays
+from rlreg.data.splits import split_indices
+from rlreg.errors import DataError
+from rlreg.evaluate.aggregate import aggregate, sample_interval
+from rlreg.evaluate.sampling import sample_values
+from rlreg.model.checkpoint import load_checkpoint
+from rlreg.train.pipeline import run_train
+from rlreg.train.task import PREDICT, task_for_rows
 
 
 class RLRegressor(RegressorMixin, BaseEstimator):
@@ -82,9 +96,6 @@ class RLRegressor(RegressorMixin, BaseEstimator):
     # --- fit ---
 
     def fit(self, X, y) -> "RLRegressor":
-        from rlreg.data.memory import drop_arrays, put_arrays
-        from rlreg.train.pipeline import run_train
-
         X, y = validate_data(self, X, y, y_numeric=True, dtype=np.float64)
         self._check_fit_inputs(len(y), y)
         self.close()  # an engine still serving the previous fit's model
@@ -105,9 +116,6 @@ class RLRegressor(RegressorMixin, BaseEstimator):
 
     def _check_fit_inputs(self, n: int, y: np.ndarray) -> None:
         """Refuse cheaply what the pipeline would refuse only after starting Ray actors."""
-        from rlreg.data.splits import split_indices
-        from rlreg.errors import DataError
-
         if isinstance(self.overrides, str):
             raise ValueError(f"overrides must be a sequence of 'section.key=value' strings, got the string "
                              f"{self.overrides!r}")
@@ -125,8 +133,6 @@ class RLRegressor(RegressorMixin, BaseEstimator):
             raise ValueError("y is constant: there is nothing to regress")
 
     def _run_config(self, key: str):
-        from rlreg.config import load_config
-
         if self.run_dir is None:
             run_dir = tempfile.mkdtemp(prefix="rlreg-fit-")
         else:  # a fresh folder per fit: an existing run dir would be resumed, not refitted
@@ -152,22 +158,17 @@ class RLRegressor(RegressorMixin, BaseEstimator):
 
     def _draw(self, X) -> tuple[np.ndarray, np.ndarray]:
         """values [N, K] and validity [N, K] for the rows of X."""
-        from rlreg.commands.predict import load_checkpoint, rows_from_arrays, sample_task
-
         check_is_fitted(self, "checkpoint_")
         X = validate_data(self, X, reset=False, dtype=np.float64)
         if getattr(self, "_checkpoint", None) is None:
             self._checkpoint = load_checkpoint(self.checkpoint_)
-        task = self._checkpoint.task_for(rows_from_arrays(X, self.feature_names_))
+        task = task_for_rows(self._checkpoint, rows_from_arrays(X, self.feature_names_))
         eval_cfg = self.config_.eval
         k = int(self.samples) if self.samples is not None else eval_cfg.samples
-        return sample_task(self._rollout_group(), task, k, eval_cfg.temperature, eval_cfg.chunk_inputs)
+        return sample_values(self._rollout_group(), task, PREDICT, k, eval_cfg.temperature, eval_cfg.chunk_inputs)
 
     def _rollout_group(self):
         if getattr(self, "_rollout", None) is None:
-            from rlreg.actors.rollout import RolloutGroup
-            from rlreg.actors.session import ensure_ray
-
             cfg = self.config_
             ensure_ray(cfg.ray)
             self._rollout = RolloutGroup(self.checkpoint_, cfg.engine, cfg.model.max_positions, cfg.ray)
@@ -176,14 +177,10 @@ class RLRegressor(RegressorMixin, BaseEstimator):
     def predict(self, X) -> np.ndarray:
         """Aggregate of K samples per row (the aggregation chosen on validation); NaN where no
         sample decoded."""
-        from rlreg.evaluate.aggregate import aggregate
-
         return aggregate(*self._draw(X), self.aggregation_)
 
     def predict_interval(self, X, alpha: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
         """(lower, upper): the alpha/2 and 1 − alpha/2 quantiles of each row's K samples."""
-        from rlreg.evaluate.aggregate import sample_interval
-
         if not 0.0 < alpha < 1.0:
             raise ValueError(f"alpha must lie in (0, 1), got {alpha}")
         return sample_interval(*self._draw(X), alpha=alpha)

@@ -61,3 +61,20 @@ def test_int_widens_to_float_but_not_bool():
 def test_missing_config_file(tmp_path):
     with pytest.raises(ConfigError, match="config file not found"):
         load_config(tmp_path / "nope.yaml")
+
+
+def test_loading_every_example_config_imports_no_engine_or_ray():
+    """Config schema modules import neither torch nor Ray: loading a config (every example) in a
+    fresh interpreter leaves torch, vllm, deepspeed and ray unimported."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    examples = sorted(str(p) for p in (Path(__file__).resolve().parents[1] / "examples").glob("*.yaml"))
+    assert examples
+    code = ("import json, sys\nfrom rlreg.config import load_config\n"
+            "for path in sys.argv[1:]:\n    load_config(path)\n"
+            "print(json.dumps([m for m in ('torch', 'vllm', 'deepspeed', 'ray') if m in sys.modules]))")
+    out = subprocess.run([sys.executable, "-c", code, *examples], capture_output=True, text=True, check=True)
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == []

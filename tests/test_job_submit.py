@@ -2,7 +2,7 @@
 
 The head is this test's own: its own temp dir (RAY_TMPDIR + --temp-dir, so it never registers in
 /tmp/ray/ray_current_cluster where other sessions on the machine would find it), its own ports,
-auth disabled on loopback (DESIGN.md: `ray start` heads use token auth), and its own process group.
+auth disabled on loopback (heads started by `ray start` use token auth), and its own process group.
 Every port is a free one: the defaults are fixed (the dashboard agent's 52365, the client server's
 10001, ...) and another Ray session on the machine may hold them — a head whose dashboard agent
 cannot bind answers every submission with "No available agent to submit job".

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.quality_presets import METHODS, RL_METHODS, get_preset
+from benchmarks.quality.presets import METHODS, RL_METHODS, get_preset
 
 pytestmark = pytest.mark.engine
 

@@ -1,4 +1,4 @@
-"""benchmarks.quality_stats: the statistics behind the quality tables (pure logic, fast)."""
+"""benchmarks.quality.stats: the statistics behind the quality tables (pure logic, fast)."""
 from __future__ import annotations
 
 import json
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from benchmarks.quality_stats import (aggregate_iqm, dataset_summary, format_tables, markdown_table,
+from benchmarks.quality.stats import (aggregate_iqm, dataset_summary, format_tables, markdown_table,
                                       normalised_scores, plot_aggregate, plot_dataset_rmse,
                                       plot_sampling_curves, sampling_curve_summary)
 

@@ -6,21 +6,38 @@ or hangs past its timeout gets `failure_penalty` for that batch — each case co
 from __future__ import annotations
 
 import concurrent.futures
-from dataclasses import dataclass, field
+import inspect
+from typing import Callable
 
 import numpy as np
+import ray
 
-from rlreg.errors import ConfigError
+from rlreg.actors.config import RayConfig, RewardConfig
+from rlreg.actors.session import ActorFailed, get_with_timeout, require_resources, wait_for_actors
+from rlreg.algos.rewards import REWARDS, check_rewards, load_reward
+from rlreg.errors import RemoteTimeout
+from rlreg.numbers.registry import build_number_tokenizer
+from rlreg.numbers.scalers import decoded_to_original, scaler_from_state_dict
 
-SPACES = ("z", "original", "scaled")
+
+def accepted_columns(fn: Callable, spec: str, names: list[str]) -> list[str]:
+    """The data columns a reward function receives as keywords (TRL's contract: columns in, floats
+    out): all of them when it takes **kwargs, else the ones it names. The registry's own rewards
+    ignore columns, so they get none (nothing is shipped to the reward actors for them)."""
+    if spec in REWARDS:
+        return []
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return []
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return list(names)
+    return [n for n in names if n in params and params[n].kind in (params[n].KEYWORD_ONLY,
+                                                                  params[n].POSITIONAL_OR_KEYWORD)]
 
 
 class RewardWorker:
     def __init__(self, number_spec: dict, scaler_state: dict, cfg: RewardConfig):
-        from rlreg.algos.rewards import load_reward
-        from rlreg.numbers.registry import build_number_tokenizer
-        from rlreg.numbers.scalers import scaler_from_state_dict
-
         self.cfg = cfg
         self.number_tokenizer = build_number_tokenizer(number_spec)
         self.scaler = scaler_from_state_dict(scaler_state)
@@ -39,9 +56,8 @@ class RewardWorker:
         return values_scaled, self.scaler.transform(targets, clip=False)
 
     def score(self, number_ids: np.ndarray, targets: np.ndarray, columns: dict | None = None) -> dict:
-        from rlreg.algos.rewards import check_rewards
-        from rlreg.numbers.scalers import decoded_to_original
-
+        """Rewards of N decoded samples; `columns` ({name: [N] values}) reach the reward function as
+        keywords, masked like pred and target to the valid samples."""
         values_scaled, valid = self.number_tokenizer.decode_many(number_ids)
         pred_orig, valid = decoded_to_original(self.scaler, values_scaled, valid)  # overflow: invalid
         pred, target = self._to_space(np.where(valid, values_scaled, 0.5), np.asarray(targets, dtype=np.float64))
@@ -49,7 +65,8 @@ class RewardWorker:
         error = None
         failed = np.zeros(len(valid), dtype=bool)
         if valid.any():
-            call = self._pool.submit(self.fn, pred[valid], target[valid], **(columns or {}))
+            extra = {name: np.asarray(values)[valid] for name, values in (columns or {}).items()}
+            call = self._pool.submit(self.fn, pred[valid], target[valid], **extra)
             try:
                 out = call.result(timeout=self.cfg.timeout_s)
                 bad = check_rewards(out, (int(valid.sum()),), self.cfg.fn)
@@ -79,12 +96,10 @@ class RewardPool:
     """M reward actors; a batch is split across them, and a chunk whose actor died is retried once on
     a replacement. If that fails too (died or hung), ActorFailed: run_train adds the --resume hint."""
 
-    def __init__(self, number_spec: dict, scaler_state: dict, cfg: RewardConfig, ray_cfg):
-        import ray
-
-        from rlreg.actors.session import require_resources, wait_for_actors
-
+    def __init__(self, number_spec: dict, scaler_state: dict, cfg: RewardConfig, ray_cfg: RayConfig,
+                 column_names: list[str] = ()):
         self.cfg, self.ray_cfg = cfg, ray_cfg
+        self.columns = accepted_columns(load_reward(cfg.fn, **cfg.options), cfg.fn, list(column_names))
         require_resources(cfg.workers * ray_cfg.reward_cpus, 0, f"{cfg.workers} reward actor(s)")
         self._args = (number_spec, scaler_state, cfg)
         self._cls = ray.remote(RewardWorker).options(num_cpus=ray_cfg.reward_cpus, max_restarts=2)
@@ -93,16 +108,17 @@ class RewardPool:
                         f"starting {cfg.workers} reward actor(s)")
         self.retries = 0
 
-    def score(self, number_ids: np.ndarray, targets: np.ndarray) -> dict:
-        import ray
-
-        from rlreg.actors.session import ActorFailed, get_with_timeout
-        from rlreg.errors import RemoteTimeout
-
+    def score(self, number_ids: np.ndarray, targets: np.ndarray, columns: dict | None = None) -> dict:
+        """Score N samples over the pool; `columns` ({name: [N] values}) are the rows' data columns,
+        of which those the reward function takes are sent along."""
         bounds = np.linspace(0, len(targets), len(self.workers) + 1).astype(int)
         chunks = [(a, b) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
-        refs = {i: self.workers[i % len(self.workers)].score.remote(number_ids[a:b], targets[a:b])
-                for i, (a, b) in enumerate(chunks)}
+        sent = {name: np.asarray(columns[name]) for name in self.columns if columns and name in columns}
+
+        def submit(worker, a: int, b: int):
+            return worker.score.remote(number_ids[a:b], targets[a:b], {k: v[a:b] for k, v in sent.items()})
+
+        refs = {i: submit(self.workers[i % len(self.workers)], a, b) for i, (a, b) in enumerate(chunks)}
         limit = self.cfg.timeout_s + self.ray_cfg.call_timeout_s
         results = {}
         for i, ref in refs.items():
@@ -113,7 +129,7 @@ class RewardPool:
                 self.retries += 1
                 a, b = chunks[i]
                 self.workers[i % len(self.workers)] = self._cls.remote(*self._args)
-                retry = self.workers[i % len(self.workers)].score.remote(number_ids[a:b], targets[a:b])
+                retry = submit(self.workers[i % len(self.workers)], a, b)
                 try:
                     results[i] = get_with_timeout(retry, limit, "reward actor (retry)")
                 except (ray.exceptions.RayActorError, RemoteTimeout) as again:
@@ -127,7 +143,5 @@ class RewardPool:
         return merged
 
     def shutdown(self) -> None:
-        import ray
-
         for w in self.workers:
             ray.kill(w)

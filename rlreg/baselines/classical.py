@@ -137,3 +137,24 @@ def text_features(
         max_features=max_features, dtype=np.float64,
     )
     return vectorizer.fit_transform(train_texts).tocsr(), vectorizer.transform(other_texts).tocsr()
+
+
+def classical_predictions(task, names) -> dict[str, dict[str, np.ndarray]]:
+    """HistGradientBoosting / Ridge predictions for val and test (one fit each, on train)."""
+    ds = task.dataset
+    idx = {s: getattr(ds.splits, s) for s in ("train", "val", "test")}
+    n_val = len(idx["val"])
+    if ds.kind == "text":
+        train_x, rest = text_features([ds.texts[i] for i in idx["train"]],
+                                      [ds.texts[i] for s in ("val", "test") for i in idx[s]])
+    else:
+        train_x = ds.features[idx["train"]]
+        rest = np.concatenate([ds.features[idx["val"]], ds.features[idx["test"]]])
+    # Heavy-tailed positive targets (e.g. SQL cardinalities) are fitted in log space, as the model's scaler is.
+    transform = "log1p" if task.scaler.name == "signed_log" and (task.y["train"] >= 0).all() else None
+    out = {}
+    for name in names:
+        pred = fit_predict_baseline(name, train_x, task.y["train"], rest if not sp.issparse(rest) else rest.tocsr(),
+                                    target_transform=transform)
+        out[name] = {"val": pred[:n_val], "test": pred[n_val:]}
+    return out

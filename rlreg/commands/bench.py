@@ -1,9 +1,11 @@
-"""`rlreg bench NAME`: runs one benchmark of the repository's benchmarks/ package and writes its JSON.
+"""`rlreg bench NAME`: runs one benchmark of the repository's benchmarks/ folder and writes its JSON.
 
-The benchmarks live beside the package (not inside it), so this finds them from the repository
-root; a benchmark whose extra dependencies are missing (TRL for `step`) says which to install."""
+The benchmarks are not part of the installed package (they need peers such as TRL and the shared
+data folder): this loads the benchmarks/ package of the source checkout rlreg is installed from,
+without touching sys.path, and says in one line when there is none."""
 from __future__ import annotations
 
+import argparse
 import importlib
 import importlib.util
 import sys
@@ -12,28 +14,35 @@ from pathlib import Path
 from rlreg.errors import ConfigError
 
 BENCHMARKS = ("rollout", "step", "learner", "sync", "scaling", "quality")
+PACKAGE = "benchmarks"
 
 
 def _import_benchmarks():
-    if importlib.util.find_spec("benchmarks") is None:
-        root = Path(__file__).resolve().parents[1]
-        if not (root / "benchmarks" / "__init__.py").is_file():
-            raise ConfigError(f"no benchmarks/ package beside {root / 'rlreg'} (run from a source checkout)")
-        sys.path.insert(0, str(root))
-    return importlib.import_module("benchmarks")
-
-
-def missing_requirements(name: str) -> list[str]:
-    """Python modules benchmark `name` needs that are not installed."""
-    module = load_benchmark(name)
-    return [m for m in getattr(module, "REQUIRES", ()) if importlib.util.find_spec(m) is None]
+    if PACKAGE in sys.modules:
+        return sys.modules[PACKAGE]
+    root = Path(__file__).resolve().parents[2]  # rlreg/commands/bench.py -> the checkout
+    init = root / PACKAGE / "__init__.py"
+    if not init.is_file():
+        raise ConfigError(f"rlreg bench runs the benchmarks/ folder of a source checkout, and rlreg is installed "
+                          f"from {root} without one: clone the repository and `pip install -e` it")
+    spec = importlib.util.spec_from_file_location(PACKAGE, init, submodule_search_locations=[str(init.parent)])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[PACKAGE] = module  # its submodules import each other as benchmarks.*
+    spec.loader.exec_module(module)
+    return module
 
 
 def load_benchmark(name: str):
     if name not in BENCHMARKS:
         raise ConfigError(f"unknown benchmark {name!r}; choose one of {', '.join(BENCHMARKS)}")
     _import_benchmarks()
-    return importlib.import_module(f"benchmarks.{name}")
+    return importlib.import_module(f"{PACKAGE}.{name}")
+
+
+def missing_requirements(name: str) -> list[str]:
+    """Python modules benchmark `name` needs that are not installed."""
+    module = load_benchmark(name)
+    return [m for m in getattr(module, "REQUIRES", ()) if importlib.util.find_spec(m) is None]
 
 
 def run_benchmark(name: str, output: str | None = None, repeats: int | None = None, quick: bool = False) -> Path:
@@ -62,8 +71,18 @@ def run_benchmark(name: str, output: str | None = None, repeats: int | None = No
 
 def run_quality_benchmark(preset: str | None, output: str | None, splits: int | None = None,
                           datasets: list[str] | None = None, methods: list[str] | None = None) -> Path:
-    """`rlreg bench quality`: its own options (a preset instead of repeats); see benchmarks/quality.py."""
+    """`rlreg bench quality`: its own options (a preset instead of repeats); see benchmarks/quality/."""
     _import_benchmarks()
     from benchmarks.quality import run_quality
 
     return run_quality(preset or "small", output, splits, datasets, methods)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.name == "quality":
+        run_quality_benchmark(args.preset, args.output, args.splits, args.datasets, args.methods)
+        return 0
+    if args.preset or args.splits or args.datasets or args.methods:
+        print("note: --preset/--splits/--datasets/--methods apply only to `rlreg bench quality`", file=sys.stderr)
+    run_benchmark(args.name, output=args.output, repeats=args.repeats, quick=args.quick)
+    return 0

@@ -3,41 +3,44 @@ with any K — without retraining and without rebuilding the model (the checkpoi
 and saved scaler are used). Writes RUN_DIR/eval_<split>.json and plots; metrics.json is left alone."""
 from __future__ import annotations
 
+import argparse
+import json
 import time
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
+
+from rlreg.actors.rollout import RolloutGroup
+from rlreg.actors.session import ensure_ray
+from rlreg.config import load_config
+from rlreg.configlib import to_mapping
 from rlreg.errors import ConfigError
+from rlreg.evaluate.aggregate import aggregate, choose_aggregation, sample_interval
+from rlreg.evaluate.metrics import evaluate_samples
+from rlreg.evaluate.plots import parity_plot, residual_plot
+from rlreg.evaluate.report import REPORT_COLUMNS, format_table, report_row, write_metrics_json
+from rlreg.evaluate.sampling import classical_baselines, sample_values
+from rlreg.model.checkpoint import require_weights
+from rlreg.rundir import RunDir
+from rlreg.train.task import SPLITS, prepare_task
 
-SPLITS = ("train", "val", "test")
 
-
-def find_run(run_dir: str | Path) -> tuple[Path, Path, Path]:
-    """(run_dir, its config.yaml, its checkpoint dir); ConfigError naming what is missing."""
-    from rlreg.model.build import META_FILE
-
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise ConfigError(f"run directory {run_dir} does not exist")
-    config = run_dir / "config.yaml"
-    if not config.is_file():
-        raise ConfigError(f"{run_dir}: no config.yaml, not an rlreg run directory")
-    checkpoint = run_dir / "checkpoint"
+def find_run(run_dir: str | Path) -> tuple[RunDir, Path]:
+    """(the run, its checkpoint dir); ConfigError naming what is missing."""
+    run = RunDir.existing(run_dir)
+    checkpoint = run.checkpoint
     if not checkpoint.exists():
-        checkpoint = _recorded_checkpoint(run_dir) or checkpoint
-    if not (checkpoint / META_FILE).is_file() or not (checkpoint / "model.safetensors").is_file():
-        raise ConfigError(f"{run_dir}: no finished checkpoint ({checkpoint} needs {META_FILE} and "
-                          f"model.safetensors); did the run complete?")
-    return run_dir, config, checkpoint
+        checkpoint = _recorded_checkpoint(run) or checkpoint
+    require_weights(checkpoint, str(run))
+    return run, checkpoint
 
 
-def _recorded_checkpoint(run_dir: Path) -> Path | None:
+def _recorded_checkpoint(run: RunDir) -> Path | None:
     """The model metrics.json says was evaluated: a run with sft.init_from and no training
     evaluates the model it started from, which lives outside the run directory."""
-    import json
-
     try:
-        recorded = json.loads((run_dir / "metrics.json").read_text())["checkpoint"]
+        recorded = json.loads(run.metrics.read_text())["checkpoint"]
     except (OSError, ValueError, KeyError, TypeError):
         return None
     return Path(recorded) if isinstance(recorded, str) and Path(recorded).is_dir() else None
@@ -47,30 +50,20 @@ def run_eval(run_dir: str | Path, split: str = "test", samples: int | None = Non
              overrides: Sequence[str] = ()) -> dict:
     """Sample K per input of `split`, aggregate (chosen on val unless eval.aggregation is set),
     score, plot, write eval_<split>.json, print the table; returns the JSON payload."""
-    from rlreg.actors.rollout import RolloutGroup
-    from rlreg.actors.session import ensure_ray
-    from rlreg.config import load_config
-    from rlreg.configlib import to_mapping
-    from rlreg.evaluate.aggregate import choose_aggregation
-    from rlreg.evaluate.metrics import evaluate_samples
-    from rlreg.evaluate.report import write_metrics_json
-    from rlreg.evaluate.sampling import sample_values
-    from rlreg.train.task import prepare_task
-
     if split not in SPLITS:
         raise ConfigError(f"--split must be one of {', '.join(SPLITS)}, got {split!r}")
     if baselines and split == "train":
         raise ConfigError("--baselines compares on held-out rows; use --split val or --split test")
     started = time.monotonic()
-    run_dir, config, checkpoint = find_run(run_dir)
+    run, checkpoint = find_run(run_dir)
     extra = [f"eval.samples={samples}"] if samples is not None else []
-    cfg = load_config(config, [*overrides, *extra, f"run_dir={run_dir}"])
-    task = prepare_task(cfg, run_dir, model_dir=checkpoint)  # checkpoint given: no model is built
+    cfg = load_config(run.config, [*overrides, *extra, f"run_dir={run}"])
+    task = prepare_task(cfg, run, model_dir=checkpoint)  # checkpoint given: no model is built
     if len(task.y[split]) == 0:
-        raise ConfigError(f"{run_dir}: the {split} split is empty")
+        raise ConfigError(f"{run}: the {split} split is empty")
     how = cfg.eval.aggregation
     if how == "auto" and len(task.y["val"]) == 0:
-        raise ConfigError(f"{run_dir}: no validation rows to choose the aggregation on; "
+        raise ConfigError(f"{run}: no validation rows to choose the aggregation on; "
                           f"set eval.aggregation=mean|median|trimmed_mean")
     need = [split] if how != "auto" or split == "val" else ["val", split]
     ensure_ray(cfg.ray)
@@ -89,44 +82,37 @@ def run_eval(run_dir: str | Path, split: str = "test", samples: int | None = Non
                "samples": cfg.eval.samples, "temperature": cfg.eval.temperature, "aggregation": how,
                "aggregation_chosen_on": chosen_on, "model": metrics, "config": to_mapping(cfg)}
     if baselines:
-        from rlreg.evaluate.sampling import classical_baselines
-
         payload["baselines"] = {name: result[split] for name, result in classical_baselines(task).items()}
     if cfg.eval.plots:
-        payload["plots"] = _plots(task, values, valid, how, split, run_dir, cfg.eval.samples)
+        payload["plots"] = _plots(task, values, valid, how, split, run, cfg.eval.samples)
     payload["wall_s"] = time.monotonic() - started
-    out = write_metrics_json(run_dir / f"eval_{split}.json", payload)
+    out = write_metrics_json(run.eval_result(split), payload)
     _print(task, payload, split, out)
     return payload
 
 
-def _plots(task, values, valid, how: str, split: str, run_dir: Path, k: int) -> list[str]:
-    import numpy as np
-
-    from rlreg.evaluate.aggregate import aggregate, sample_interval
-    from rlreg.evaluate.plots import parity_plot, residual_plot
-
+def _plots(task, values, valid, how: str, split: str, run: RunDir, k: int) -> list[str]:
     yhat = aggregate(values, valid, how)
     if not np.isfinite(yhat).any():
         return []  # nothing decoded: the JSON says so (n_no_valid); a plot would be empty
     lo, hi = sample_interval(values, valid, alpha=0.1)
     name = task.dataset.name
-    return [str(parity_plot(task.y[split], yhat, run_dir / f"eval_{split}_parity.png",
+    return [str(parity_plot(task.y[split], yhat, run.plot(f"eval_{split}_parity"),
                             f"{name} {split} ({how} of {k})", lo=lo, hi=hi)),
-            str(residual_plot(task.y[split], yhat, run_dir / f"eval_{split}_residuals.png",
+            str(residual_plot(task.y[split], yhat, run.plot(f"eval_{split}_residuals"),
                               f"{name} {split} residuals"))]
 
 
 def _print(task, payload: dict, split: str, out: Path) -> None:
-    from rlreg.evaluate.report import format_table
-    from rlreg.train.pipeline import REPORT_COLUMNS
-
-    def row(method: str, metrics: dict) -> dict:
-        return {"method": method, **{k: metrics.get(k) for k in REPORT_COLUMNS[1:]}}
-
-    rows = [row(f"model ({payload['aggregation']} of {payload['samples']})", payload["model"])]
-    rows += [row(name.upper(), metrics) for name, metrics in payload.get("baselines", {}).items()]
+    rows = [report_row(f"model ({payload['aggregation']} of {payload['samples']})", payload["model"])]
+    rows += [report_row(name.upper(), metrics) for name, metrics in payload.get("baselines", {}).items()]
     print(f"\n{split} metrics ({task.dataset.name}, {len(task.y[split])} rows, original units; "
           f"aggregation chosen on {payload['aggregation_chosen_on']}):")
     print(format_table(rows, REPORT_COLUMNS))
     print(f"\nwritten: {out}")
+
+
+def run(args: argparse.Namespace) -> int:
+    run_eval(args.run_dir, split=args.split, samples=args.samples, baselines=args.baselines,
+             overrides=args.overrides)
+    return 0

@@ -42,6 +42,8 @@ class Dataset:
     source_columns: list[str] = field(default_factory=list)
     categorical: dict[str, list[str]] = field(default_factory=dict)
     categorical_encoding: str = "onehot"
+    # data.missing=mean: the train mean (numeric) or mode (categorical) of each source column.
+    fill: dict = field(default_factory=dict)
     row_ids: np.ndarray | None = None  # each row's 0-based position among the source's data rows
     notes: list[str] = field(default_factory=list)  # what loading did: drops, imputation, ...
 

@@ -29,7 +29,7 @@ class _Number(float):
         return self.fmt.format(float(self))
 
 
-def _column_values(dataset: Dataset, indices: np.ndarray) -> list[tuple[str, list]]:
+def column_values(dataset: Dataset, indices: np.ndarray) -> list[tuple[str, list]]:
     """Per original column: its name and its values at `indices` — floats for numeric columns,
     category strings for categorical ones (one-hot groups and ordinal codes decoded back)."""
     assert dataset.features is not None
@@ -84,7 +84,7 @@ def render_prompts(dataset: Dataset, indices: np.ndarray | list[int],
         if cfg.prompt_template is None:
             return texts
         return _fill_template(cfg.prompt_template, [{"text": t} for t in texts], ["text"])
-    columns = _column_values(dataset, indices)
+    columns = column_values(dataset, indices)
     pairs = _render_pairs(columns, len(indices), cfg.float_format)
     if cfg.prompt_template is None:
         return pairs

@@ -125,8 +125,9 @@ def _target_values(series: pd.Series, label: str, column: str, locate: RowLocato
     return values
 
 
-def _encode_categorical(values: np.ndarray, cats: list[str], column: str, encoding: str,
-                        ) -> tuple[np.ndarray, list[str]]:
+def encode_categorical(values: np.ndarray, cats: list[str], column: str, encoding: str,
+                       ) -> tuple[np.ndarray, list[str]]:
+    """Category strings (each one of the sorted `cats`) → one-hot block or ordinal codes, and names."""
     codes = np.searchsorted(np.asarray(cats, dtype=object), values).astype(np.int64)
     if encoding == "ordinal":
         return codes[:, None].astype(np.float64), [column]
@@ -206,23 +207,29 @@ def build_tabular(frame: pd.DataFrame, cfg: DataConfig, *, name: str, source: st
     blocks: list[np.ndarray] = []
     names: list[str] = []
     categories: dict[str, list[str]] = {}
+    fills: dict[str, float | str] = {}
     for j, col in enumerate(feature_cols):
         hole = missing[row_ids, j]
         if col in numeric:
             values = numeric[col][row_ids].copy()
+            if cfg.missing == "mean":
+                # Every column's fill is kept (not only those with holes here): prediction fills
+                # new rows' missing cells with the same train statistics.
+                present = values[train][~hole[train]]
+                fills[col] = float(present.mean()) if len(present) else 0.0
             if hole.any():
-                fill = values[train][~hole[train]]
-                values[hole] = fill.mean() if len(fill) else 0.0
+                values[hole] = fills[col]
                 notes.append(f"filled {int(hole.sum())} missing values in {col!r} with the "
                              f"train mean")
             blocks.append(values[:, None])
             names.append(col)
             continue
         values = categorical_raw[col][row_ids]
-        if hole.any():
+        if cfg.missing == "mean":
             present = pd.Series(values[train][~hole[train]], dtype=object)
-            fill = present.mode().iloc[0] if len(present) else "missing"
-            values = np.where(hole, fill, values)
+            fills[col] = str(present.mode().iloc[0]) if len(present) else "missing"
+        if hole.any():
+            values = np.where(hole, fills[col], values)
             notes.append(f"filled {int(hole.sum())} missing values in {col!r} with the train mode")
         values = np.asarray([str(v) for v in values], dtype=object)
         cats = sorted(set(values.tolist()))
@@ -230,7 +237,7 @@ def build_tabular(frame: pd.DataFrame, cfg: DataConfig, *, name: str, source: st
             raise DataError(f"{label}: column {col!r} has {len(cats)} distinct non-numeric values, "
                             f"too many to one-hot encode (max {MAX_ONEHOT_CATEGORIES}); is it an "
                             f"ID or free text? Use data.categorical=ordinal or remove the column")
-        encoded, encoded_names = _encode_categorical(values, cats, col, cfg.categorical)
+        encoded, encoded_names = encode_categorical(values, cats, col, cfg.categorical)
         categories[col] = cats
         blocks.append(encoded)
         names.extend(encoded_names)
@@ -244,7 +251,7 @@ def build_tabular(frame: pd.DataFrame, cfg: DataConfig, *, name: str, source: st
                    texts=None, y=y[row_ids], target_name=target_col, splits=splits,
                    source_path=source_path, source=source, source_columns=feature_cols,
                    categorical=categories, categorical_encoding=cfg.categorical,
-                   row_ids=row_ids, notes=notes)
+                   fill=fills, row_ids=row_ids, notes=notes)
 
 
 def resolve_table_path(spec: str, cfg: DataConfig) -> Path:

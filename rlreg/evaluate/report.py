@@ -5,13 +5,15 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
+from rlreg.io import write_text
+
 MISSING = "-"
+REPORT_COLUMNS = ["method", "rmse", "mae", "r2", "spearman", "coverage90", "invalid_rate"]
 
 
 def _format_number(value: float) -> str:
@@ -84,21 +86,28 @@ def to_json_safe(value: Any) -> Any:
 
 
 def write_metrics_json(path: str | os.PathLike, payload: Any) -> Path:
-    """Write payload as JSON atomically: a temp file in the same directory, then
-    os.replace, so a reader never sees half a file and a crash leaves the old one."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
+    """Write payload as JSON atomically (rlreg.io); NaN and ±inf become null."""
     # allow_nan=False makes any NaN that slipped past to_json_safe an error, not bad JSON.
-    text = json.dumps(to_json_safe(payload), indent=2, sort_keys=True, allow_nan=False)
-    handle, temp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            stream.write(text + "\n")
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.chmod(temp_name, 0o644)  # mkstemp makes it owner-only; a results file is for sharing
-        os.replace(temp_name, target)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
-    return target
+    return write_text(path, json.dumps(to_json_safe(payload), indent=2, sort_keys=True, allow_nan=False) + "\n")
+
+
+def report_row(method: str, metrics: dict) -> dict:
+    return {"method": method, **{k: metrics.get(k) for k in REPORT_COLUMNS[1:]}}
+
+
+def method_name(cfg) -> str:
+    """The supervised stage's name in tables: CE, NTL_WAS or DIST2."""
+    return "CE" if cfg.sft.loss == "ce" else cfg.sft.loss.upper()
+
+
+def results_table(payload: dict) -> str:
+    """The test table of a `rlreg sft` / `rlreg train` metrics payload: the model (before and after
+    RL for train) and its baselines."""
+    name = payload["method"]
+    rows = []
+    if "before" in payload:
+        rows.append(report_row(name, payload["before"]["test"]))
+        name = f"{name}+{payload['algorithm'].upper()}"
+    rows.append(report_row(name, payload["test"]))
+    rows += [report_row(baseline.upper(), result["test"]) for baseline, result in payload["baselines"].items()]
+    return format_table(rows, REPORT_COLUMNS)

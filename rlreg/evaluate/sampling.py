@@ -2,12 +2,15 @@
 aggregated (the aggregation chosen on validation), scored with CIs, plotted."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from rlreg.errors import ConfigError
+from rlreg.baselines.classical import classical_predictions
+from rlreg.evaluate.aggregate import aggregate, choose_aggregation, effective_mask, sample_interval
+from rlreg.evaluate.config import EvalConfig
+from rlreg.evaluate.metrics import evaluate_point, evaluate_samples
+from rlreg.rundir import RunDir
 
 
 def sample_values(rollout, task, split: str, k: int, temperature: float,
@@ -17,10 +20,14 @@ def sample_values(rollout, task, split: str, k: int, temperature: float,
     return task.decode(samples.token_ids)
 
 
-def evaluate_model(rollout, task, eval_cfg: EvalConfig, out_dir: Path | None = None, label: str = "") -> dict:
-    from rlreg.evaluate.aggregate import aggregate, choose_aggregation, sample_interval
-    from rlreg.evaluate.metrics import evaluate_samples
+def summarise(values: np.ndarray, valid: np.ndarray, aggregation: str, alpha: float) -> dict[str, np.ndarray]:
+    """prediction, lower, upper (central 1 − alpha sample interval) and samples_valid per row."""
+    lower, upper = sample_interval(values, valid, alpha)
+    return {"prediction": aggregate(values, valid, aggregation), "lower": lower, "upper": upper,
+            "samples_valid": effective_mask(values, valid).sum(axis=1)}
 
+
+def evaluate_model(rollout, task, eval_cfg: EvalConfig, out_dir: Path | None = None, label: str = "") -> dict:
     results: dict = {}
     drawn = {split: sample_values(rollout, task, split, eval_cfg.samples, eval_cfg.temperature,
                                   eval_cfg.chunk_inputs) for split in ("val", "test")}
@@ -35,10 +42,10 @@ def evaluate_model(rollout, task, eval_cfg: EvalConfig, out_dir: Path | None = N
         values, valid = drawn["test"]
         yhat = aggregate(values, valid, how)
         lo, hi = sample_interval(values, valid, alpha=0.1)
-        name = f"{label}_" if label else ""
-        parity_plot(task.y["test"], yhat, Path(out_dir) / f"{name}parity_test.png",
+        name, run = f"{label}_" if label else "", RunDir(out_dir)
+        parity_plot(task.y["test"], yhat, run.plot(f"{name}parity_test"),
                     f"{task.dataset.name} test ({label or 'model'}, {how} of {eval_cfg.samples})", lo=lo, hi=hi)
-        residual_plot(task.y["test"], yhat, Path(out_dir) / f"{name}residuals_test.png",
+        residual_plot(task.y["test"], yhat, run.plot(f"{name}residuals_test"),
                       f"{task.dataset.name} test residuals ({label or 'model'})")
     return results
 
@@ -61,32 +68,5 @@ def classical_baselines(task, names=("hgb", "ridge")) -> dict:
 
 
 def score_predictions(task, predictions: dict) -> dict:
-    from rlreg.evaluate.metrics import evaluate_point
-
     return {name: {s: evaluate_point(pred[s], task.y[s]) for s in ("val", "test")}
             for name, pred in predictions.items()}
-
-
-def classical_predictions(task, names) -> dict[str, dict[str, np.ndarray]]:
-    """HistGradientBoosting / Ridge predictions for val and test (one fit each, on train)."""
-    import scipy.sparse as sp
-
-    from rlreg.baselines.classical import fit_predict_baseline, text_features
-
-    ds = task.dataset
-    idx = {s: getattr(ds.splits, s) for s in ("train", "val", "test")}
-    n_val = len(idx["val"])
-    if ds.kind == "text":
-        train_x, rest = text_features([ds.texts[i] for i in idx["train"]],
-                                      [ds.texts[i] for s in ("val", "test") for i in idx[s]])
-    else:
-        train_x = ds.features[idx["train"]]
-        rest = np.concatenate([ds.features[idx["val"]], ds.features[idx["test"]]])
-    # Heavy-tailed positive targets (e.g. SQL cardinalities) are fitted in log space, as the model's scaler is.
-    transform = "log1p" if task.scaler.name == "signed_log" and (task.y["train"] >= 0).all() else None
-    out = {}
-    for name in names:
-        pred = fit_predict_baseline(name, train_x, task.y["train"], rest if not sp.issparse(rest) else rest.tocsr(),
-                                    target_transform=transform)
-        out[name] = {"val": pred[:n_val], "test": pred[n_val:]}
-    return out

@@ -9,9 +9,11 @@ from pathlib import Path
 from typing import Sequence
 
 from rlreg.errors import ConfigError
+from rlreg.io import write_json
 from rlreg.model.config import ModelConfig
+from rlreg.rundir import ModelFiles
 
-META_FILE = "rlreg_meta.json"
+META_FILE = ModelFiles.META
 PAD, BOS, EOS, UNK = "<pad>", "<s>", "</s>", "<unk>"
 # Ends every prompt: the model learns that number tokens follow it.
 ANSWER = "<answer>"
@@ -33,7 +35,7 @@ class ModelMeta:
     feature_id: int | None = None
 
     def save(self, model_dir: str | Path) -> None:
-        Path(model_dir, META_FILE).write_text(json.dumps(self.__dict__, indent=1))
+        write_json(Path(model_dir, META_FILE), self.__dict__)
 
     @classmethod
     def load(cls, model_dir: str | Path) -> "ModelMeta":
@@ -95,7 +97,7 @@ def count_parameters(model_dir: str | Path) -> int:
     from safetensors import safe_open
 
     total = 0
-    with safe_open(str(Path(model_dir, "model.safetensors")), "np") as f:
+    with safe_open(str(Path(model_dir, ModelFiles.WEIGHTS)), "np") as f:
         for key in f.keys():
             size = 1
             for dim in f.get_slice(key).get_shape():

@@ -12,9 +12,11 @@ import numpy as np
 import torch
 from torch import nn
 
-# In a subfolder: vLLM loads every *.safetensors at the top of a model directory.
-ENCODER_FILE = "feature_encoder/weights.safetensors"
-ENCODER_META = "feature_encoder/spec.json"
+from rlreg.io import write_json
+from rlreg.rundir import ModelFiles
+
+ENCODER_FILE = ModelFiles.ENCODER_WEIGHTS
+ENCODER_META = ModelFiles.ENCODER_SPEC
 ENCODER_PREFIX = "encoder."  # prefix of the encoder's weights in the policy module and in published weights
 
 
@@ -40,7 +42,7 @@ def save_encoder(encoder: FeatureEncoder, spec: dict, model_dir: str | Path, sta
     state = state if state is not None else encoder.state_dict()
     Path(model_dir, ENCODER_FILE).parent.mkdir(parents=True, exist_ok=True)
     save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(Path(model_dir, ENCODER_FILE)))
-    Path(model_dir, ENCODER_META).write_text(json.dumps(spec, indent=1))
+    write_json(Path(model_dir, ENCODER_META), spec)
 
 
 def load_encoder(model_dir: str | Path) -> FeatureEncoder | None:
@@ -66,7 +68,7 @@ def save_encoder_stats(model_dir: str | Path, mean: np.ndarray, std: np.ndarray)
     path = Path(model_dir, ENCODER_META)
     spec = json.loads(path.read_text())
     spec.update(mean=[float(v) for v in mean], std=[float(v) for v in std])
-    path.write_text(json.dumps(spec, indent=1))
+    write_json(path, spec)
 
 
 def splice_embeddings(token_embeds: torch.Tensor, input_ids: torch.Tensor, soft: torch.Tensor,

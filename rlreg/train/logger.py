@@ -5,14 +5,19 @@ import json
 import math
 from pathlib import Path
 
+from rlreg.rundir import RunDir
+
 
 class RunLogger:
-    def __init__(self, run_dir: str | Path, name: str):
-        from torch.utils.tensorboard import SummaryWriter
+    """Appends (a log is read back as lines; a line cut short by a crash is dropped on resume)."""
 
-        self.path = Path(run_dir) / f"{name}_log.jsonl"
+    def __init__(self, run_dir: str | Path, name: str):
+        from torch.utils.tensorboard import SummaryWriter  # loads torch: only where a stage runs
+
+        run = RunDir(run_dir)
+        self.path = run.log(name)
         self._file = self.path.open("a")
-        self._tb = SummaryWriter(log_dir=str(Path(run_dir) / "tensorboard" / name))
+        self._tb = SummaryWriter(log_dir=str(run.tensorboard(name)))
 
     def log(self, step: int, record: dict, prefix: str = "") -> None:
         clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}

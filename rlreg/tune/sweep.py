@@ -19,9 +19,25 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from rlreg.configlib import from_mapping, to_mapping, write_yaml
+import ray
+import yaml
+from ray import tune
+
+from rlreg import device
+from rlreg.actors.session import ensure_ray
+from rlreg.config import RunConfig
+from rlreg.configlib import from_mapping, to_mapping
 from rlreg.errors import ConfigError, RlregError
-from rlreg.tune.config import candidate_values, grid_size, needs_own_sft, set_dotted, to_param_space
+from rlreg.evaluate.report import format_table, write_metrics_json
+from rlreg.evaluate.sampling import evaluate_model
+from rlreg.io import atomic_open, write_text
+from rlreg.rundir import RunDir
+from rlreg.train.pipeline import run_supervised
+from rlreg.train.rl import RLRunner, train_rl
+from rlreg.train.sft import run_sft
+from rlreg.train.task import prepare_task
+from rlreg.tune.config import candidate_values, grid_size, needs_own_sft, set_dotted
+from rlreg.tune.report import collect_rows, pick_best, plot_curves, plot_heatmap
 
 FINAL_KEYS = ("rmse", "mae", "r2")
 
@@ -29,8 +45,6 @@ FINAL_KEYS = ("rmse", "mae", "r2")
 # -- checks before anything starts ------------------------------------------------------------------
 def check_sweep(cfg) -> None:
     """Every swept value must give a valid RunConfig; the scheduler must fit rl.steps."""
-    from rlreg.config import RunConfig
-
     tcfg = cfg.tune
     if not tcfg.space:
         raise ConfigError("tune.space is empty: nothing to sweep (e.g. tune.space: {rl.lr: {loguniform: [1e-5, 1e-3]}})")
@@ -60,8 +74,6 @@ def trial_bundles(cfg) -> list[dict]:
     """[the trial process, all its actors]. The actors share one bundle: inside a placement group,
     actors placed with bundle index -1 go first-fit into single bundles, so per-actor bundles can
     fragment (a reward actor taking half a learner's bundle) and leave a rank unplaceable."""
-    from rlreg import device
-
     ray_cfg, workers, ranks = cfg.ray, cfg.rl.rollout_workers, cfg.learner.world_size
     gpu = device.has_cuda() or os.environ.get("RLREG_DEVICE", "").lower() == "gpu"
     actors: dict[str, float] = {"CPU": ray_cfg.rollout_cpus * workers + ray_cfg.reward_cpus * cfg.reward.workers
@@ -77,8 +89,6 @@ def trial_bundles(cfg) -> list[dict]:
 def check_fits(cfg, bundles: list[dict]) -> int:
     """Trials that fit at once (capped by tune.max_concurrent); ConfigError when not even one does.
     Ray Tune would otherwise keep such a trial pending forever."""
-    import ray
-
     want = cfg.tune.max_concurrent
     if not cfg.tune.check_resources:
         return want
@@ -115,14 +125,8 @@ def _finite(stats: dict) -> dict:
 def run_trial(cfg, report: Callable[[dict], None], final_eval: bool = True, worst: float = math.inf) -> dict:
     """One RL run (plus its own supervised stage when cfg.sft says so), reporting as it goes.
     `worst` replaces a NaN validation RMSE (no valid sample) so schedulers can still rank it."""
-    from rlreg.evaluate.sampling import evaluate_model
-    from rlreg.rundir import make_run_dir
-    from rlreg.train.rl import RLRunner, train_rl
-    from rlreg.train.sft import run_sft
-    from rlreg.train.task import prepare_task
-
     shutil.rmtree(cfg.run_dir, ignore_errors=True)  # a retried trial (FailureConfig) starts clean
-    run_dir = make_run_dir(cfg, "trial")
+    run_dir = RunDir.create(cfg, "trial").path
     init = Path(cfg.sft.init_from) if cfg.sft.init_from else None
     task = prepare_task(cfg, run_dir, model_dir=init)
     start = run_sft(cfg, task, run_dir) if cfg.sft.enabled and init is None else task.model_dir
@@ -156,14 +160,10 @@ def _or(value: Any, fallback: float) -> float:
 
 def _tune_trial(params: dict, base: dict, root: str, init_from: str | None, final_eval: bool, worst: float) -> None:
     """Ray Tune function trainable: the swept values over the base config, then run_trial."""
-    from ray import tune
-
-    from rlreg.config import RunConfig
-
     mapping = copy.deepcopy(base)
     for key, value in params.items():
         set_dotted(mapping, key, value)
-    mapping["run_dir"] = str(Path(root) / "trials" / tune.get_context().get_trial_id())
+    mapping["run_dir"] = str(RunDir(root).trials / tune.get_context().get_trial_id())
     if init_from:
         mapping["sft"]["init_from"] = init_from
     cfg = from_mapping(RunConfig, mapping)
@@ -174,21 +174,17 @@ def _tune_trial(params: dict, base: dict, root: str, init_from: str | None, fina
 # -- the sweep --------------------------------------------------------------------------------------
 def _shared_start(cfg, run_dir: Path) -> tuple[str | None, float | None]:
     """The supervised checkpoint every trial starts from (trained here, once) and its val RMSE."""
-    from rlreg.train.pipeline import run_supervised
-
     if cfg.sft.init_from:
         return str(Path(cfg.sft.init_from).resolve()), None
     if not cfg.sft.enabled:
         return None, None
     sft_cfg = copy.deepcopy(cfg)
-    sft_cfg.run_dir = str(run_dir / "sft")
+    sft_cfg.run_dir = str(RunDir(run_dir).path / "sft")
     payload = run_supervised(sft_cfg, "sft")
     return str(Path(payload["checkpoint"]).resolve()), payload["val"].get("rmse")
 
 
 def _build_tuner(cfg, run_dir: Path, bundles: list[dict], concurrent: int, init_from: str | None):
-    from ray import tune
-
     tcfg = cfg.tune
     base = to_mapping(cfg)
     worst = math.inf if tcfg.mode == "min" else -math.inf
@@ -213,22 +209,21 @@ def _build_tuner(cfg, run_dir: Path, bundles: list[dict], concurrent: int, init_
         tune_config=tune.TuneConfig(metric=tcfg.metric, mode=tcfg.mode, num_samples=tcfg.num_samples,
                                     max_concurrent_trials=concurrent, search_alg=search_alg, scheduler=scheduler,
                                     time_budget_s=tcfg.time_budget_s),
-        run_config=tune.RunConfig(name="ray_tune", storage_path=str(run_dir),
+        run_config=tune.RunConfig(name=RunDir(run_dir).ray_tune.name, storage_path=str(run_dir),
                                   failure_config=tune.FailureConfig(max_failures=1), verbose=1),
     )
 
 
 def run_tune(cfg) -> dict:
     """The whole sweep; returns the summary written to tune_summary.json."""
-    from rlreg.actors.session import ensure_ray
-    from rlreg.evaluate.report import format_table, write_metrics_json
-    from rlreg.rundir import make_run_dir
 
     started = time.monotonic()
     check_sweep(cfg)
     # Trials keep the launch directory, so relative paths in the config mean what they meant here.
     os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
-    run_dir = make_run_dir(cfg, "tune").resolve()
+    run = RunDir.create(cfg, "tune")
+    run_dir = run.path.resolve()
+    run = RunDir(run_dir)
     cfg.run_dir = str(run_dir)
     print(f"run dir: {run_dir}")
     ensure_ray(cfg.ray)
@@ -249,33 +244,31 @@ def run_tune(cfg) -> dict:
 
     grid = _build_tuner(cfg, run_dir, bundles, concurrent, init_from).fit()
 
-    from rlreg.tune.report import collect_rows, pick_best, plot_curves, plot_heatmap
-
     keys = list(tcfg.space)
     rows, curves = collect_rows(grid, keys, tcfg.metric, tcfg.mode, cfg.rl.steps)
     rows.sort(key=lambda r: _sort_key(r.get(tcfg.metric), tcfg.mode))
     columns = ["trial", *keys, "status", "rl_step", tcfg.metric, f"best_{tcfg.metric}",
                *[f"test_eval_{k}" for k in FINAL_KEYS], "wall_s"]
-    _write_csv(run_dir / "results.csv", rows, columns)
+    _write_csv(run.tune_results, rows, columns)
     best = pick_best(rows, tcfg.metric, tcfg.mode, cfg.rl.steps)
     if best is not None:
-        _write_best(cfg, best, keys, run_dir / "best.yaml", init_from)
-    plots = [p for p in (plot_curves(curves, rows, keys, run_dir / "val_rmse_curves.png", tcfg.metric),
-                         plot_heatmap(rows, keys, run_dir / "reward_group_heatmap.png", tcfg.metric)) if p]
+        _write_best(cfg, best, keys, run.tune_best, init_from)
+    plots = [p for p in (plot_curves(curves, rows, keys, run.plot("val_rmse_curves"), tcfg.metric),
+                         plot_heatmap(rows, keys, run.plot("reward_group_heatmap"), tcfg.metric)) if p]
     summary = {"trials": rows, "best": best, "metric": tcfg.metric, "mode": tcfg.mode,
                "shared_sft_checkpoint": init_from, "own_sft_per_trial": own_sft, "sft_val_rmse": sft_val_rmse,
                "plots": [str(p) for p in plots], "wall_s": time.monotonic() - started}
-    write_metrics_json(run_dir / "tune_summary.json", summary)
-    print(f"\ntune results ({len(rows)} trials, sorted by {tcfg.metric}; {run_dir / 'results.csv'}):")
+    write_metrics_json(run.tune_summary, summary)
+    print(f"\ntune results ({len(rows)} trials, sorted by {tcfg.metric}; {run.tune_results}):")
     print(format_table(rows, columns))
     failed = [r for r in rows if r["status"] == "error"]
     for row in failed:
         print(f"tune: trial {row['trial']} failed (after one retry): {row.get('error', '?')}")
     if best is None:
         raise RlregError(f"no trial reported {tcfg.metric} ({len(failed)} of {len(rows)} failed); "
-                         f"see the trials' logs under {run_dir / 'ray_tune'}")
+                         f"see the trials' logs under {run.ray_tune}")
     print(f"\nbest: trial {best['trial']} {tcfg.metric}={best[tcfg.metric]:.4g}: "
-          + ", ".join(f"{k}={best[k]}" for k in keys) + f"\n  -> {run_dir / 'best.yaml'}")
+          + ", ".join(f"{k}={best[k]}" for k in keys) + f"\n  -> {run.tune_best}")
     print(f"done in {summary['wall_s']:.0f} s")
     return summary
 
@@ -287,7 +280,7 @@ def _sort_key(value: Any, mode: str) -> float:
 
 
 def _write_csv(path: Path, rows: list[dict], columns: list[str]) -> None:
-    with path.open("w", newline="") as handle:
+    with atomic_open(path, newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
@@ -299,11 +292,25 @@ def _write_best(cfg, best: dict, keys: list[str], path: Path, init_from: str | N
     for key in keys:
         set_dotted(mapping, key, best[key])
     mapping["run_dir"] = None
-    tmp = path.with_suffix(".tmp")
-    write_yaml(mapping, tmp)
     header = (f"# best of `rlreg tune` in {cfg.run_dir}: trial {best['trial']}, "
               f"{cfg.tune.metric}={best[cfg.tune.metric]:.6g}\n")
     if init_from:
         header += f"# its RL started from {init_from} (add sft.init_from=... to reuse it)\n"
-    tmp.write_text(header + tmp.read_text())
-    tmp.replace(path)
+    write_text(path, header + yaml.safe_dump(mapping, sort_keys=False))
+
+def to_param_space(space: dict, search: str) -> dict:
+    """The space as Ray Tune domains, keyed by the dotted config keys."""
+    out = {}
+    for key, spec in space.items():
+        ((kind, arg),) = spec.items()
+        if kind == "grid" or (kind == "choice" and search == "grid"):
+            out[key] = tune.grid_search(list(arg))
+        elif kind == "choice":
+            out[key] = tune.choice(list(arg))
+        elif kind == "uniform":
+            out[key] = tune.uniform(float(arg[0]), float(arg[1]))
+        elif kind == "loguniform":
+            out[key] = tune.loguniform(float(arg[0]), float(arg[1]))
+        else:
+            out[key] = tune.randint(int(arg[0]), int(arg[1]))
+    return out

@@ -14,7 +14,7 @@ from typing import Callable
 
 import numpy as np
 
-from benchmarks.quality_presets import METHOD_OVERRIDES
+from benchmarks.quality.presets import METHOD_OVERRIDES
 
 
 def run_config(preset: dict, dataset: dict, split: int, method: str, run_dir: Path):

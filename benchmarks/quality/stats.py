@@ -1,4 +1,4 @@
-"""Statistics and reporting for the quality benchmark (benchmarks/quality.py): pure functions of
+"""Statistics and reporting for the quality benchmark (benchmarks/quality/runner.py): pure functions of
 the per-run records, so the numbers in the tables can be tested without training anything.
 
 Input records, one per (dataset, split, method):

@@ -14,7 +14,8 @@ import time
 from pathlib import Path
 
 from benchmarks.common import load_average, machine_info
-from benchmarks.quality_presets import RL_METHODS, get_preset
+from benchmarks.quality.presets import RL_METHODS, get_preset
+from rlreg.rundir import ModelFiles, RunDir
 
 NAME = "quality"
 REQUIRES: tuple[str, ...] = ()
@@ -58,9 +59,9 @@ def _print_run(record: dict) -> None:
 
 def run_preset(preset: dict, output: Path) -> dict:
     """Run (or finish) every (dataset, split, method) of the preset; returns the JSON payload."""
-    from benchmarks import quality_stats as stats
+    from benchmarks.quality import stats
     from benchmarks.common import RESULTS_DIR
-    from benchmarks.quality_methods import SplitRun, failed_record, run_config
+    from benchmarks.quality.methods import SplitRun, failed_record, run_config
     from rlreg.actors.session import ensure_ray
 
     started, load_before = time.monotonic(), load_average()
@@ -89,8 +90,8 @@ def run_preset(preset: dict, output: Path) -> dict:
                     _print_run(record)
                     records.append(record)
                 continue  # not stored: a rerun after fixing the cause retries it
-            ce_model = run.work_dir / "CE" / "sft_model"
-            if "CE" not in todo and (ce_model / "model.safetensors").is_file():
+            ce_model = RunDir(run.work_dir / "CE").sft_model
+            if "CE" not in todo and (ce_model / ModelFiles.WEIGHTS).is_file():
                 run.ce_dir = ce_model  # CE finished in an earlier invocation
             for method in todo:
                 record, curve = run.run(method)
@@ -113,7 +114,7 @@ def run_preset(preset: dict, output: Path) -> dict:
 
 def run_quality(preset_name: str, output: str | None, splits: int | None = None,
                 datasets: list[str] | None = None, methods: list[str] | None = None) -> Path:
-    from benchmarks import quality_stats as stats
+    from benchmarks.quality import stats
     from benchmarks.common import RESULTS_DIR, write_result
 
     preset = get_preset(preset_name, splits, datasets, methods)

@@ -1,0 +1,6 @@
+"""The quality benchmark (`rlreg bench quality`): every method on the presets' datasets and splits,
+scored with CIs. presets.py: datasets, methods, budgets; methods.py: one (dataset, split) run;
+stats.py: CIs, win rates, IQM, tables and plots; runner.py: orchestration, records, JSON."""
+from benchmarks.quality.runner import run_quality
+
+__all__ = ["run_quality"]
