@@ -87,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="timed repeats per side (default 3; 1 with --quick)")
     bench.add_argument("--quick", action="store_true", help="smoke mode: tiny model, few repeats")
     comma_list = lambda text: [part.strip() for part in text.split(",") if part.strip()]  # noqa: E731
-    bench.add_argument("--preset", choices=("small", "full"), default=None,
+    bench.add_argument("--preset", choices=("small", "full", "paper"), default=None,
                        help="quality only: small (CI: tiny models, one split) or full (default small)")
     bench.add_argument("--splits", type=int, default=None, metavar="N", help="quality only: first N splits")
     bench.add_argument("--datasets", type=comma_list, default=None, metavar="A,B",

@@ -22,6 +22,7 @@ from rlreg.data.rows import rows_from_arrays
 from rlreg.data.splits import split_indices
 from rlreg.errors import DataError
 from rlreg.evaluate.aggregate import aggregate, sample_interval
+from rlreg.evaluate.calibration import Calibration, check_alpha
 from rlreg.evaluate.sampling import sample_values
 from rlreg.model.checkpoint import load_checkpoint
 from rlreg.train.pipeline import run_train
@@ -179,11 +180,21 @@ class RLRegressor(RegressorMixin, BaseEstimator):
         sample decoded."""
         return aggregate(*self._draw(X), self.aggregation_)
 
-    def predict_interval(self, X, alpha: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
-        """(lower, upper): the alpha/2 and 1 − alpha/2 quantiles of each row's K samples."""
-        if not 0.0 < alpha < 1.0:
-            raise ValueError(f"alpha must lie in (0, 1), got {alpha}")
-        return sample_interval(*self._draw(X), alpha=alpha)
+    def predict_interval(self, X, alpha: float = 0.1, calibrated: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """(lower, upper) per row at level 1 − alpha: split-conformal calibrated on the fit's validation
+        split when the checkpoint holds a calibration (and `calibrated`), else the alpha/2 and
+        1 − alpha/2 quantiles of each row's K samples. `interval_kind_` says which was used."""
+        alpha = check_alpha(alpha)
+        draws = self._draw(X)  # also loads the checkpoint
+        calibration = self._calibration() if calibrated else None
+        self.interval_kind_ = "calibrated" if calibration is not None else "sample"
+        if calibration is not None:
+            return calibration.interval(*draws, alpha)
+        return sample_interval(*draws, alpha=alpha)
+
+    def _calibration(self) -> Calibration | None:
+        data = self._checkpoint.info.get("calibration")
+        return None if data is None else Calibration.from_dict(data, f"{self.checkpoint_}/task.json: calibration")
 
     # --- lifecycle ---
 

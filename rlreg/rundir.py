@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from rlreg.configlib import write_yaml
 from rlreg.errors import ConfigError
 
 
@@ -41,8 +42,6 @@ class RunDir:
     @classmethod
     def create(cls, cfg, command: str) -> "RunDir":
         """cfg.run_dir if given, else runs/<command>-<timestamp>; created, with config.yaml inside."""
-        from rlreg.configlib import write_yaml
-
         path = Path(cfg.run_dir) if cfg.run_dir else Path("runs") / f"{command}-{time.strftime('%Y%m%d-%H%M%S')}"
         path.mkdir(parents=True, exist_ok=True)
         cfg.run_dir = str(path)

@@ -30,15 +30,16 @@ def run(tiny_cfg, ray_session, tmp_path_factory):
 
 
 def test_saved_scaler_is_used_not_refitted(tiny_cfg, tiny_task, tmp_path):
-    from rlreg.train.task import TASK_FILE, prepare_task
+    from rlreg.rundir import ModelFiles
+    from rlreg.train.task import prepare_task
 
-    saved = json.loads(Path(tiny_task.model_dir, TASK_FILE).read_text())["scaler"]
+    saved = json.loads(Path(tiny_task.model_dir, ModelFiles.TASK).read_text())["scaler"]
     assert prepare_task(tiny_cfg, tmp_path, model_dir=tiny_task.model_dir).scaler.state_dict() == saved
     # Change the saved state: a refit would not see the change, the loader must.
     model_dir = shutil.copytree(tiny_task.model_dir, tmp_path / "ckpt")
-    info = json.loads((model_dir / TASK_FILE).read_text())
+    info = json.loads((model_dir / ModelFiles.TASK).read_text())
     info["scaler"]["mean"] += 1.0
-    (model_dir / TASK_FILE).write_text(json.dumps(info))
+    (model_dir / ModelFiles.TASK).write_text(json.dumps(info))
     task = prepare_task(tiny_cfg, tmp_path, model_dir=model_dir)
     assert task.scaler.state_dict() == info["scaler"]
     assert not (tmp_path / "model").exists()  # a given checkpoint: no model is built
@@ -55,8 +56,9 @@ def test_checkpoint_reloads_with_the_same_greedy_predictions(run, tmp_path):
     from rlreg.actors.rollout import RolloutGroup
     from rlreg.config import load_config
     from rlreg.evaluate.sampling import sample_values
-    from rlreg.commands.predict import load_checkpoint, read_rows, sample_task
-    from rlreg.train.task import prepare_task
+    from rlreg.data.rows import read_rows
+    from rlreg.model.checkpoint import load_checkpoint
+    from rlreg.train.task import PREDICT, prepare_task, task_for_rows
 
     run_dir, _ = run
     logged = [json.loads(line) for line in (run_dir / "sft_log.jsonl").read_text().splitlines()]
@@ -70,7 +72,8 @@ def test_checkpoint_reloads_with_the_same_greedy_predictions(run, tmp_path):
     rollout = RolloutGroup(run_dir / "checkpoint", cfg.engine, cfg.model.max_positions, cfg.ray)
     try:
         via_eval, _ = sample_values(rollout, task, "val", 1, 0.0, 64)
-        via_predict, _ = sample_task(rollout, load_checkpoint(run_dir / "checkpoint").task_for(read_rows(path)), 1, 0.0)
+        new_rows = task_for_rows(load_checkpoint(run_dir / "checkpoint"), read_rows(path))
+        via_predict, _ = sample_values(rollout, new_rows, PREDICT, 1, 0.0, 64)
     finally:
         rollout.shutdown()
     np.testing.assert_array_equal(via_eval, via_predict)

@@ -12,6 +12,7 @@ import json
 import numpy as np
 import pytest
 
+from rlreg.algos.experience import LearnerBatch
 from rlreg.config import load_config
 
 pytestmark = pytest.mark.engine
@@ -32,18 +33,22 @@ def runner(tiny_task, tiny_cfg, ray_session, tmp_path_factory):
     r.shutdown()
 
 
-def _fixed_batch(runner) -> dict:
-    return {"prompts": runner.task.prompts["val"][:2] * 2,
-            "tokens": np.asarray(runner.task.target_tokens["val"][:2].tolist() * 2)}
+def _fixed_batch(runner) -> LearnerBatch:
+    return LearnerBatch(prompts=runner.task.prompts["val"][:2] * 2,
+                        tokens=np.asarray(runner.task.target_tokens["val"][:2].tolist() * 2))
+
+
+def _logprobs(runner, batch: LearnerBatch) -> np.ndarray:
+    return np.concatenate(runner.learner.call("token_logprobs", batch=batch))
 
 
 def test_kill_rollout_worker_mid_run_restarts_it_with_current_weights(runner):
     import ray
 
     batch = _fixed_batch(runner)
-    before = runner.learner.token_logprobs(batch)
+    before = _logprobs(runner, batch)
     runner.step()  # the engine now holds the step-1 weights (published, then kept by RolloutGroup)
-    moved = np.abs(runner.learner.token_logprobs(batch) - before).max()
+    moved = np.abs(_logprobs(runner, batch) - before).max()
     assert moved > 1e-2, "the step barely moved the policy: the checks below would not tell old weights apart"
 
     dead = runner.rollout.workers[0]

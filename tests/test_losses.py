@@ -1,4 +1,6 @@
-"""Learner losses: policy gradient, KL, entropy, token CE / NTL / DIST2 / expert CE."""
+"""Learner losses: policy gradient, KL, entropy, token CE / NTL / DIST2 / expert CE, and the two
+objectives composed of them (rl_loss, supervised_loss)."""
+import dataclasses
 import math
 
 import numpy as np
@@ -6,8 +8,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from rlreg.algos.losses import entropy, kl_for_reward, kl_loss, kl_penalty, policy_loss
-from rlreg.algos.token_losses import dist2, expert_ce, expert_targets, ntl_was, token_ce
+from rlreg.algos.config import RLLossOptions, SFTLossOptions
+from rlreg.algos.experience import LearnerBatch, expert_targets, kl_for_reward
+from rlreg.algos.losses import entropy, kl_loss, kl_penalty, policy_loss, rl_loss
+from rlreg.algos.token_losses import dist2, expert_ce, ntl_was, supervised_loss, token_ce
+from rlreg.train.config import RLConfig, SFTConfig
 
 NEG_INF = -math.inf
 
@@ -96,7 +101,7 @@ def test_kl_into_reward_and_into_loss():
     logp = torch.tensor([[-1.0, -2.0, -0.5], [-1.0, -1.0, -1.0]], dtype=torch.float64)
     ref = torch.tensor([[-1.5, -1.0, NEG_INF], [-1.0, -1.0, -1.0]], dtype=torch.float64)
     mask = torch.tensor([[1, 1, 0], [1, 1, 1]])
-    per_seq = kl_for_reward(logp, ref, mask, kind="k1", coef=0.1)
+    per_seq = kl_for_reward(logp.numpy(), ref.numpy(), kind="k1", coef=0.1, mask=mask.numpy())
     assert isinstance(per_seq, np.ndarray) and per_seq.dtype == np.float64
     np.testing.assert_allclose(per_seq, [0.1 * (0.5 - 1.0), 0.0])
     loss, stats = kl_loss(logp.requires_grad_(True), ref, mask, kind="k1", coef=2.0)
@@ -215,3 +220,88 @@ def test_expert_ce_is_token_ce_on_expert_targets():
     ce, ce_stats = token_ce(logp, targets, torch.ones(2, 3))
     torch.testing.assert_close(loss, ce)
     assert stats["expert_ce"] == ce_stats["token_ce"]
+
+
+# ------------------------------------------------------------------------------ objectives
+def _rl_inputs(seed=3):
+    """Policy logprobs [4, 3] of sampled tokens, their full distribution [4, 3, 5], a batch, a reference."""
+    logits, logp_full = _random_logp(4, 3, 5, seed=seed)
+    logp_full = logp_full.float().requires_grad_(True)
+    gen = torch.Generator().manual_seed(seed + 1)
+    tokens = torch.randint(0, 5, (4, 3), generator=gen)
+    logp = logp_full.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+    batch = LearnerBatch(prompts=[[1, 2]] * 4, tokens=tokens.numpy(), old_logp=(logp.detach() - 0.1).numpy(),
+                         advantages=np.array([1.0, -0.5, 0.25, 2.0]), expert=torch.randint(0, 5, (4, 3), generator=gen).numpy())
+    ref = (logp.detach() + torch.randn(4, 3, generator=gen) * 0.5).numpy()
+    return logp, logp_full, batch, ref
+
+
+def _options(**changes) -> RLLossOptions:
+    base = RLConfig(kl_coef=0.2, kl_in="loss", entropy_coef=0.01, expert_ce_coef=0.05, clip_eps=0.2).loss_options()
+    return dataclasses.replace(base, **changes)
+
+
+def test_kl_kind_has_one_default_k1():
+    assert RLConfig().kl_kind == "k1" and RLConfig().loss_options().kl_kind == "k1"
+    with pytest.raises(TypeError):
+        RLLossOptions(temperature=1.0)  # no field has a default of its own
+
+
+def test_rl_loss_kl_in_loss_uses_the_options_kind():
+    logp, logp_full, batch, ref = _rl_inputs()
+    k1, k1_stats = rl_loss(logp, logp_full, batch, _options(kl_kind="k1", entropy_coef=0.0, expert_ce_coef=0.0), ref)
+    k3, k3_stats = rl_loss(logp, logp_full, batch, _options(kl_kind="k3", entropy_coef=0.0, expert_ce_coef=0.0), ref)
+    mask = torch.ones_like(logp)
+    for kind, stats in (("k1", k1_stats), ("k3", k3_stats)):
+        _, expected = kl_loss(logp, torch.as_tensor(ref), mask, kind)
+        assert stats["kl"] == pytest.approx(expected["kl"])
+    assert k1_stats["kl"] != pytest.approx(k3_stats["kl"], abs=1e-4)
+    assert k1.item() != pytest.approx(k3.item(), abs=1e-5)
+    with pytest.raises(ValueError, match="ref_logp"):
+        rl_loss(logp, logp_full, batch, _options())
+    # kl_in=reward: the loss has no KL term and needs no reference
+    _, stats = rl_loss(logp, logp_full, batch, _options(kl_in="reward"))
+    assert "kl" not in stats
+
+
+def test_rl_loss_is_the_sum_of_its_terms():
+    logp, logp_full, batch, ref = _rl_inputs()
+    options = _options()
+    loss, stats = rl_loss(logp, logp_full, batch, options, ref)
+    mask = torch.ones_like(logp)
+    pg, _ = policy_loss(logp, torch.as_tensor(batch.old_logp), batch.advantages, mask, options.clip_eps, options.loss_agg)
+    kl, _ = kl_loss(logp, torch.as_tensor(ref), mask, options.kl_kind, options.kl_coef, options.loss_agg)
+    ce, _ = expert_ce(logp_full, torch.as_tensor(batch.expert), mask)
+    expected = pg + kl - options.entropy_coef * entropy(logp_full, mask) + options.expert_ce_coef * ce
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+    from_stats = (stats["policy_loss"] + options.kl_coef * stats["kl"] - options.entropy_coef * stats["entropy"]
+                  + options.expert_ce_coef * stats["expert_ce"])
+    assert loss.item() == pytest.approx(from_stats, rel=1e-5)
+    loss.backward()
+    assert torch.isfinite(logp_full.grad).all() and logp_full.grad.abs().sum() > 0
+    # Terms switched off (or absent from the batch) leave no trace
+    plain, plain_stats = rl_loss(logp, logp_full, dataclasses.replace(batch, expert=None),
+                                 _options(kl_coef=0.0, entropy_coef=0.0), None)
+    assert plain.item() == pytest.approx(pg.item()) and not {"kl", "entropy", "expert_ce"} & set(plain_stats)
+
+
+def test_supervised_loss_variants():
+    _, logp = _random_logp(2, 3, 4, seed=5)
+    targets = torch.tensor([[0, 1, 2], [3, 1, 0]])
+    values = torch.tensor([[0.0, 1.0, 2.0, float("nan")]] * 3)
+    mask = torch.ones(2, 3)
+    ce, _ = token_ce(logp, targets, mask)
+    ntl, _ = ntl_was(logp, targets, mask, values)
+    d2, _ = dist2(logp, targets, mask, values, sigma=0.7)
+
+    def run(loss, **kw):
+        return supervised_loss(logp, targets, SFTConfig(loss=loss, **kw).loss_options(), values)
+
+    loss, stats = run("ce")
+    assert loss.item() == pytest.approx(ce.item()) and stats == {"ce": pytest.approx(ce.item())}
+    loss, stats = run("ntl_was", ntl_weight=0.4)
+    assert loss.item() == pytest.approx(ce.item() + 0.4 * ntl.item()) and stats["ntl_was"] == pytest.approx(ntl.item())
+    loss, stats = run("dist2", dist2_sigma=0.7)
+    assert loss.item() == pytest.approx(d2.item()) and stats["ce"] == pytest.approx(ce.item())
+    with pytest.raises(ValueError, match="unknown supervised loss"):
+        supervised_loss(logp, targets, SFTLossOptions(loss="mse", ntl_weight=0.0, dist2_sigma=1.0), values)

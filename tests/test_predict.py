@@ -10,7 +10,10 @@ import numpy as np
 import pytest
 
 from rlreg.errors import ConfigError, DataError
-from rlreg.commands.predict import PREDICTION_COLUMNS, load_checkpoint, read_rows, run_predict
+from rlreg.commands.predict import PREDICTION_COLUMNS, run_predict
+from rlreg.data.rows import read_rows
+from rlreg.model.checkpoint import load_checkpoint
+from rlreg.train.task import task_for_rows
 
 pytestmark = pytest.mark.engine
 
@@ -49,10 +52,10 @@ def _write_jsonl(path: Path, rows: list[dict]) -> Path:
 def test_new_rows_render_to_the_training_prompts(tiny_task, tmp_path):
     columns, rows = _test_rows(tiny_task, 8)
     checkpoint = load_checkpoint(tiny_task.model_dir)
-    task = checkpoint.task_for(read_rows(_write_csv(tmp_path / "in.csv", columns, rows)))
+    task = task_for_rows(checkpoint, read_rows(_write_csv(tmp_path / "in.csv", columns, rows)))
     assert task.prompts["predict"] == tiny_task.prompts["test"][:8]
     # The scaler comes from task.json, and it is the one training fitted.
-    assert checkpoint.task.scaler.state_dict() == tiny_task.scaler.state_dict()
+    assert checkpoint.scaler.state_dict() == tiny_task.scaler.state_dict()
 
 
 def test_predict_csv_passthrough_and_interval_order(tiny_task, rollout, tmp_path):
@@ -140,7 +143,7 @@ def test_vector_input_checkpoint(tiny_cfg, ray_session, tmp_path):
     task = prepare_task(cfg, tmp_path)
     columns, rows = _test_rows(task, 5)
     source = _write_csv(tmp_path / "in.csv", columns, rows)
-    seen = load_checkpoint(task.model_dir).task_for(read_rows(source))
+    seen = task_for_rows(load_checkpoint(task.model_dir), read_rows(source))
     np.testing.assert_array_equal(seen.features["predict"], task.features["test"][:5])
     assert seen.prompts["predict"] == task.prompts["test"][:5]
     out = tmp_path / "o.csv"
@@ -169,7 +172,7 @@ def test_text_source_checkpoint_reads_a_text_column(tiny_cfg, tmp_path):
     texts = [task.dataset.texts[i] for i in task.dataset.splits.test[:4]]
     source = _write_jsonl(tmp_path / "q.jsonl", [{"qid": i, "text": t} for i, t in enumerate(texts)])
     checkpoint = load_checkpoint(task.model_dir)
-    assert checkpoint.task_for(read_rows(source)).prompts["predict"] == task.prompts["test"][:4]
+    assert task_for_rows(checkpoint, read_rows(source)).prompts["predict"] == task.prompts["test"][:4]
     wrong = _write_jsonl(tmp_path / "bad.jsonl", [{"qid": 0, "query": texts[0]}])
     with pytest.raises(DataError, match=r"missing input column\(s\) 'text'; the checkpoint expects: text"):
         run_predict(task.model_dir, wrong, tmp_path / "o.jsonl")

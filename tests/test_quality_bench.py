@@ -65,6 +65,12 @@ def test_quality_small_preset_scores_every_method_with_cis(small_run):
         space = {r["score_space"] for r in data["records"] if r["dataset"] == name}
         assert space == ({"log1p"} if name.startswith("sqlcard") else {"original"})
     assert "CE+GRPO" in first.stdout and "IQM" in first.stdout
+    assert data["complete"] is True and data["runs_done"] == data["runs_total"] == len(data["records"])
+    for record in data["records"]:  # LM methods: raw and split-conformal calibrated 90 % intervals
+        if record["method"].startswith("CE"):
+            assert 0.0 <= record["coverage90"] <= 1.0 and 0.0 <= record["coverage90_calibrated"] <= 1.0, record
+            assert record["width90_calibrated"] > 0
+    assert set(data["coverage"]) == set(datasets)
 
 
 def test_quality_small_preset_sampling_curves_and_plots(small_run):

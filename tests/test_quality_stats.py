@@ -222,3 +222,137 @@ def test_plots_survive_failed_methods(tmp_path):
     p = plot_dataset_rmse(dataset_summary(recs), tmp_path / "r.png")
     q = plot_aggregate(aggregate_iqm(recs, None, n_boot=10), tmp_path / "a.png")
     assert open(p, "rb").read().startswith(PNG) and open(q, "rb").read().startswith(PNG)
+
+
+# --- the paper preset's definition and the partial-results path (no training) ----------------
+
+def test_paper_preset_definition():
+    """The budget issue 15 asks for, checked on the preset itself (it takes hours to run)."""
+    from benchmarks.quality.methods import run_config
+    from benchmarks.quality.presets import METHODS as PRESET_METHODS, RL_METHODS, get_preset
+    from benchmarks.quality.tuning import check_tune_spec, trial_count, tune_config
+
+    preset = get_preset("paper")
+    assert preset["methods"] == list(PRESET_METHODS) and len(preset["splits"]) >= 3
+    assert len(preset["datasets"]) >= 4 and preset["ks"][-1] == 128
+    kin8nm = next(d for d in preset["datasets"] if d["name"] == "uci:kin8nm")
+    assert "max_rows" not in kin8nm["data"]  # used whole: 8,192 rows
+    assert len({d["name"] for d in preset["datasets"]}) == len(preset["datasets"])
+    for method in RL_METHODS:
+        cfg = run_config(preset, preset["datasets"][0], 0, method, "/tmp/unused")
+        rl = cfg.rl
+        assert (rl.batch_size, rl.group_size) == (128, 16)
+        assert rl.steps * rl.batch_size * rl.group_size >= 75_000
+        assert rl.lr == pytest.approx(1e-5)
+        assert cfg.learner.warmup_fraction > 0 and cfg.learner.min_lr_ratio < 1  # warm-up, then cosine
+        assert (cfg.model.hidden, cfg.model.layers) == (256, 3)
+        assert cfg.eval.samples == 128  # K on val (aggregation and calibration) = K on test
+    assert run_config(preset, preset["datasets"][0], 0, "CE+GenRe2", "/tmp/x").rl.expert_ce_coef == 0.05
+    # the CE search: sft.* keys only, shared by every LM method through the dataset's "sft" entry
+    check_tune_spec(preset["tune"])
+    assert trial_count(preset["tune"]) == 6
+    tuned = {**preset["datasets"][0], "sft": {"lr": 3e-3, "batch_size": 128}}
+    for method in ("CE", "CE+NTL", "CE+ReMax", "CE+GRPO", "CE+GenRe2"):
+        sft = run_config(preset, tuned, 1, method, "/tmp/x").sft
+        assert (sft.lr, sft.batch_size) == (3e-3, 128)
+    tcfg = tune_config(preset, preset["datasets"][0], 0, "/tmp/tune")
+    assert tcfg.tune.search == "grid" and set(tcfg.tune.space) == {"sft.lr", "sft.batch_size"}
+    assert tcfg.rl.steps == 1 and tcfg.rl.lr <= 1e-8  # the trial's score is the CE model's
+
+
+def test_paper_fingerprint_covers_its_extra_settings_and_old_presets_keep_theirs():
+    import copy
+
+    from benchmarks.quality.presets import get_preset
+    from benchmarks.quality.runner import fingerprint
+
+    paper = get_preset("paper")
+    changed = copy.deepcopy(paper)
+    changed["tune"]["space"]["sft.lr"]["grid"] = [1e-3]
+    assert fingerprint(changed) != fingerprint(paper)
+    full = get_preset("full")
+    import hashlib
+    legacy = hashlib.sha256(json.dumps({k: full[k] for k in ("base", "ks")}, sort_keys=True).encode()).hexdigest()[:12]
+    assert fingerprint(full) == legacy
+
+
+def _synthetic_records(path, preset, n_splits_done):
+    """A records file as the runner writes it: some (dataset, split) groups done, one run failed and
+    later redone, one torn last line, one line of another fingerprint, a CE search row."""
+    from benchmarks.quality.runner import Records, fingerprint
+
+    store = Records(path, fingerprint(preset))
+    ds = preset["datasets"][0]["name"]
+    store.add_tune({"dataset": ds, "split": 0, "chosen": {"lr": 1e-3, "batch_size": 64}, "trials": [], "wall_s": 1.0})
+    rng = np.random.default_rng(0)
+    for split in range(n_splits_done):
+        for i, method in enumerate(preset["methods"]):
+            r = rec(ds, split, method, 2.0 - 0.1 * i + 0.05 * rng.random(), scale=4.0)
+            r.update(error=None, wall_s=10.0, n_train=250)
+            if method.startswith("CE"):
+                r.update(coverage90=0.5, width90=1.0, coverage90_calibrated=0.9, width90_calibrated=2.0)
+            if method in ("CE+ReMax", "CE+GRPO", "CE+GenRe2"):
+                r["diagnostics"] = {"every": 2, "val_rows": 8, "samples": 4,
+                                    "steps": [{"step": s, "reward_mean": -1 + 0.1 * s, "advantage_std": 0.5,
+                                               "invalid_rate": 0.0} for s in range(1, 5)],
+                                    "probes": [{"step": s, "greedy_rmse": 2 - 0.1 * s, "mean_of_k_rmse": 2.1 - 0.1 * s,
+                                                "sampled_rmse": 2.5, "entropy": 1.0 - 0.1 * s} for s in (0, 2, 4)]}
+            curve = [{"dataset": ds, "split": split, "method": method, "k": k, "rmse": r["rmse"] + 1 / k}
+                     for k in preset["ks"]] if method.startswith("CE") else []
+            if split == 0 and method == "CE+GRPO":  # failed first, redone by the next invocation
+                store.add({**r, "rmse": float("nan"), "error": "RuntimeError: mid-edit"}, [])
+            store.add(r, curve)
+    with path.open("a") as f:
+        f.write(json.dumps({"fingerprint": "another", "kind": "record", "row": rec(ds, 9, "CE", 0.1)}) + "\n")
+        f.write('{"fingerprint": "torn')  # killed mid-write
+
+
+def test_partial_records_become_an_incomplete_results_file(tmp_path, capsys):
+    from benchmarks.quality.presets import get_preset
+    from benchmarks.quality.results import finalise, main
+    from benchmarks.quality.runner import Records, fingerprint
+
+    preset = get_preset("paper")
+    records = tmp_path / "quality_paper.records.jsonl"
+    _synthetic_records(records, preset, n_splits_done=2)
+    store = Records(records, fingerprint(preset))
+    assert len(store.done()) == 2 * len(preset["methods"])  # the redone GRPO run replaced its failure
+    out = tmp_path / "results" / "quality_paper.json"
+    assert main(["--preset", "paper", "--records", str(records), "--output", str(out)]) == 0
+    data = json.loads(out.read_text())
+    total = len(preset["datasets"]) * len(preset["splits"]) * len(preset["methods"])
+    assert data["complete"] is False and data["runs_total"] == total
+    assert data["runs_done"] == 2 * len(preset["methods"]) and len(data["runs_missing"]) == total - data["runs_done"]
+    assert data["failed_runs"] == 0 and "INCOMPLETE" in capsys.readouterr().out
+    ds = preset["datasets"][0]["name"]
+    assert data["summary"]["datasets"][ds]["methods"]["CE"]["n"] == 2
+    assert data["coverage"][ds]["CE"]["coverage90_calibrated"] == pytest.approx(0.9)
+    assert data["budget"][ds]["rl_epochs"] == pytest.approx(37 * 128 / 250)
+    assert data["budget"][ds]["fraction_of_paper_100_epochs"] == pytest.approx(37 * 128 / 250 / 100)
+    assert data["ce_search"][ds]["chosen"] == {"lr": 1e-3, "batch_size": 64}
+    assert len(data["rl_diagnostics"]["runs"]) == 6 and all("diagnostics" not in r for r in data["records"])
+    summary = data["rl_diagnostics"]["summary"][ds]["CE+ReMax"]
+    assert summary["greedy_rmse"]["first"] == pytest.approx(2.0) and summary["greedy_rmse"]["last"] == pytest.approx(1.6)
+    names = {p.split("/")[-1] for p in data["plots"]}
+    assert {"rmse_by_dataset.png", "aggregate_iqm.png", "rmse_vs_samples.png",
+            f"rl_diagnostics_{ds.replace(':', '_')}.png"} <= names
+    for p in data["plots"]:
+        assert open(p, "rb").read(8) == PNG
+    strict_json(data)  # no NaN in the committed file
+    with pytest.raises(ValueError, match="no run of preset 'full'"):
+        finalise("full", records, tmp_path / "x.json")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        finalise("paper", tmp_path / "missing.jsonl", tmp_path / "x.json")
+
+
+def test_a_run_that_keeps_failing_is_not_retried_forever(tmp_path):
+    from benchmarks.quality.runner import MAX_ATTEMPTS, Records
+
+    path = tmp_path / "r.jsonl"
+    store = Records(path, "fp", sources="v1")
+    bad = {**rec("ds", 0, "CE", float("nan")), "error": "RuntimeError: x", "code": {"rlreg_sources": "v1"}}
+    for attempt in range(MAX_ATTEMPTS):
+        assert ("ds", 0, "CE") not in Records(path, "fp", "v1").done()  # still retried
+        store.add(bad, [])
+    assert ("ds", 0, "CE") in Records(path, "fp", "v1").done()
+    assert ("ds", 0, "CE") not in Records(path, "fp", "v2").done()  # the code changed: worth another try

@@ -133,7 +133,7 @@ def _weights(runner) -> dict[str, np.ndarray]:
 def _record(runner, monkeypatch) -> dict[str, list]:
     """Spy on what each step draws and trains on: data rows, rollouts, learner batches."""
     seen: dict[str, list] = {"rows": [], "tokens": [], "batches": [], "lr": []}
-    cursor_next, sample, learn = runner.cursor.next, runner.rollout.sample, runner.learner.step
+    cursor_next, sample, call = runner.cursor.next, runner.rollout.sample, runner.learner.call
 
     def next_rows():
         seen["rows"].append(cursor_next())
@@ -144,15 +144,16 @@ def _record(runner, monkeypatch) -> dict[str, list]:
         seen["tokens"].append(out.token_ids)
         return out
 
-    def learned(*args):
-        seen["batches"].append(args)
-        stats = learn(*args)
-        seen["lr"].append(stats["lr"])
-        return stats
+    def called(method, *args, **kwargs):
+        results = call(method, *args, **kwargs)
+        if method == "step":  # a learner update: record its batch and the rank's learning rate
+            seen["batches"].append((args, kwargs))
+            seen["lr"].append(results[0]["lr"])
+        return results
 
     monkeypatch.setattr(runner.cursor, "next", next_rows)
     monkeypatch.setattr(runner.rollout, "sample", sampled)
-    monkeypatch.setattr(runner.learner, "step", learned)
+    monkeypatch.setattr(runner.learner, "call", called)
     return seen
 
 
@@ -196,8 +197,8 @@ def test_resume_is_exact_learner_state_cursor_and_rollouts(tiny_task, tiny_cfg, 
         assert runner.restore() and runner.step_index == 2 and runner.cursor.state() == saved_cursor
         assert _max_diff(_weights(runner), saved) == 0.0
         # 2. Same batches -> bit-identical updates: AdamW moments, step count and LR schedule came back too.
-        for args in first["batches"]:
-            runner.learner.step(*args)
+        for args, kwargs in first["batches"]:
+            runner.learner.call("step", *args, **kwargs)
         assert _max_diff(_weights(runner), uninterrupted) == 0.0
 
         # 3. A resumed run: restore again (learner, cursor, sampler RNG) and take the steps itself.

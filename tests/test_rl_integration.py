@@ -3,6 +3,7 @@ gloo), reward actors (M=2). After every weight sync the engine's logprobs equal 
 import numpy as np
 import pytest
 
+from rlreg.algos.experience import LearnerBatch
 from rlreg.config import load_config
 
 pytestmark = pytest.mark.engine
@@ -28,9 +29,9 @@ def _engine_vs_learner(runner, tiny_task, temperature=1.0):
     prompts = tiny_task.prompts["val"][:4]
     samples = runner.rollout.sample({"prompts": prompts}, tiny_task.allowed_hf, 3, temperature)
     flat = samples.token_ids.reshape(-1, samples.token_ids.shape[-1])
-    batch = {"prompts": [p for p in prompts for _ in range(3)],
-             "tokens": np.asarray([tiny_task.codec.to_number_ids(r) for r in flat])}
-    learner = runner.learner.token_logprobs(batch, temperature)
+    batch = LearnerBatch(prompts=[p for p in prompts for _ in range(3)],
+                         tokens=np.asarray([tiny_task.codec.to_number_ids(r) for r in flat]))
+    learner = np.concatenate(runner.learner.call("token_logprobs", temperature, batch=batch))
     return samples.logprobs.reshape(learner.shape), learner
 
 
@@ -66,7 +67,7 @@ def test_learner_ranks_stay_identical(runner):
     weights = ray.get([r.publish_weights.remote() for r in runner.learner.ranks], timeout=300)
     assert weights[1] is None  # only rank 0 publishes
     # Data parallel ranks must hold the same parameters: compare via logprobs of one batch per rank.
-    batch = {"prompts": [[1, 5, 7, 4]] * 2, "tokens": np.zeros((2, runner.task.number_tokenizer.length), int)}
+    batch = LearnerBatch(prompts=[[1, 5, 7, 4]] * 2, tokens=np.zeros((2, runner.task.number_tokenizer.length), int))
     per_rank = ray.get([r.token_logprobs.remote(batch) for r in runner.learner.ranks], timeout=300)
     assert np.array_equal(per_rank[0], per_rank[1])
 

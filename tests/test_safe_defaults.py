@@ -123,7 +123,7 @@ def test_safe_defaults_checkpoint_loader_admits_deepspeed_types_and_refuses_othe
     from deepspeed.runtime.zero.config import ZeroStageEnum
     from deepspeed.utils.tensor_fragment import fragment_address
 
-    from rlreg.actors.learner import safe_torch_load
+    from rlreg.actors.learner_rank import safe_torch_load
 
     good = tmp_path / "optim_states.pt"
     torch.save({"w": torch.arange(3.0), "stage": ZeroStageEnum.gradients, "scaler": LossScaler(1.0),
@@ -243,7 +243,7 @@ def test_safe_defaults_checkpoint_prunes_older_ones_only_after_the_new_one_is_na
 
 
 def test_safe_defaults_model_dir_swap_survives_a_crash_between_renames(tmp_path, monkeypatch):
-    from rlreg.train.export import atomic_replace_dir
+    from rlreg.io import replace_dir
 
     final = tmp_path / "checkpoint"
     for version in ("v1", "v2"):
@@ -261,11 +261,11 @@ def test_safe_defaults_model_dir_swap_survives_a_crash_between_renames(tmp_path,
 
             monkeypatch.setattr(Path, "rename", rename)
             with pytest.raises(OSError, match="injected"):
-                atomic_replace_dir(tmp, final)
+                replace_dir(tmp, final)
             monkeypatch.undo()
             assert not final.exists() and (tmp_path / "checkpoint.old" / "model.safetensors").read_text() == "v1"
-            atomic_replace_dir(tmp, final)  # the next save puts v1 back, then swaps v2 in
+            replace_dir(tmp, final)  # the next save puts v1 back, then swaps v2 in
         else:
-            atomic_replace_dir(tmp, final)
+            replace_dir(tmp, final)
     assert (final / "model.safetensors").read_text() == "v2"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint"]

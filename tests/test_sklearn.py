@@ -1,6 +1,7 @@
 """RLRegressor: scikit-learn's API checks that need no fit, input validation, the params / clone
 round trip, and one real fit (the module's only pipeline) through predict, predict_interval,
 score and pickling. Why the fitting sklearn checks are skipped: see RLRegressor's docstring."""
+import json
 import pickle
 
 import numpy as np
@@ -80,6 +81,11 @@ def test_fit_predict_score(fitted):
     assert 0.5 < model.score(X, y) <= 1.0
     lower, upper = model.predict_interval(X[:10], alpha=0.2)
     assert lower.shape == upper.shape == (10,) and np.all(lower <= upper)
+    # the fit recorded its validation calibration in the checkpoint, and predict_interval used it
+    assert "calibration" in json.loads((model.checkpoint_ / "task.json").read_text())
+    assert model.interval_kind_ == "calibrated"
+    model.predict_interval(X[:10], alpha=0.2, calibrated=False)
+    assert model.interval_kind_ == "sample"
 
 
 def test_predict_validates_input(fitted):

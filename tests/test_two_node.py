@@ -30,7 +30,7 @@ from ray.cluster_utils import Cluster
 
 from rlreg.actors.session import ensure_ray, get_with_timeout
 from rlreg.config import load_config
-from rlreg.rundir import make_run_dir
+from rlreg.rundir import RunDir
 from rlreg.train.rl import RLRunner, train_rl
 from rlreg.train.task import prepare_task
 
@@ -46,7 +46,7 @@ try:
         "rl.steps=2", "rl.eval_every=1", "rl.batch_size=4", "rl.group_size=4", "rl.eval_samples=4",
         "reward.workers=1", f"ray.address={cluster.address}", "ray.torch_threads=1",
         "ray.rollout_resources={node_a: 0.5}", "ray.learner_resources={node_b: 0.5}", f"run_dir={run_dir}"])
-    out = make_run_dir(cfg, "train")
+    out = RunDir.create(cfg, "train").path
     task = prepare_task(cfg, out)
     ensure_ray(cfg.ray)
     runner = RLRunner(cfg, task, task.model_dir, out)

@@ -6,6 +6,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from rlreg.algos.config import SFTLossOptions
+from rlreg.algos.experience import LearnerBatch
 from rlreg.config import load_config
 
 from conftest import TINY
@@ -34,10 +36,10 @@ def _compare(task, learner, rollout):
     inputs = task.inputs("val", np.arange(5))
     samples = rollout.sample(inputs, task.allowed_hf, 3, 1.0)
     flat = samples.token_ids.reshape(-1, samples.token_ids.shape[-1])
-    batch = {"prompts": [p for p in inputs["prompts"] for _ in range(3)],
-             "features": np.repeat(inputs["features"], 3, axis=0),
-             "tokens": np.asarray([task.codec.to_number_ids(r) for r in flat])}
-    return samples.logprobs.reshape(-1, flat.shape[-1]), learner.token_logprobs(batch)
+    batch = LearnerBatch(prompts=[p for p in inputs["prompts"] for _ in range(3)],
+                         features=np.repeat(inputs["features"], 3, axis=0),
+                         tokens=np.asarray([task.codec.to_number_ids(r) for r in flat]))
+    return samples.logprobs.reshape(-1, flat.shape[-1]), np.concatenate(learner.call("token_logprobs", batch=batch))
 
 
 def test_prompts_are_placeholders_and_features_standardised(vector_setup):
@@ -55,16 +57,22 @@ def test_engine_matches_learner_with_prompt_embeddings(vector_setup):
     assert np.std(learner_lp) > 1e-4
 
 
+def _eval_loss(learner, batch: LearnerBatch, options: SFTLossOptions) -> float:
+    from rlreg.actors.learner import merge_stats
+
+    return merge_stats(learner.call("evaluate", "sft", options, batch=batch), batch.shard_sizes(learner.world_size))["loss"]
+
+
 def test_each_supervised_loss_variant_trains_and_sync_keeps_parity(vector_setup):
     task, learner, rollout = vector_setup
     rows = np.arange(32)
-    batch = {**task.inputs("train", rows), "tokens": task.target_tokens["train"][rows]}
+    batch = LearnerBatch.of(task.inputs("train", rows), task.target_tokens["train"][rows])
     for loss in ("ce", "ntl_was", "dist2"):
-        options = {"loss": loss, "ntl_weight": 0.5, "dist2_sigma": 1.0}
-        first = learner.evaluate("sft", batch, options)["loss"]
+        options = SFTLossOptions(loss=loss, ntl_weight=0.5, dist2_sigma=1.0)
+        first = _eval_loss(learner, batch, options)
         for _ in range(8):
-            learner.step("sft", batch, options)
-        last = learner.evaluate("sft", batch, options)["loss"]
+            learner.call("step", "sft", options, batch=batch)
+        last = _eval_loss(learner, batch, options)
         assert last < first, f"{loss}: {first} -> {last}"
     rollout.load_weights(learner.publish_weights())
     engine_lp, learner_lp = _compare(task, learner, rollout)
@@ -75,5 +83,5 @@ def test_learner_greedy_decode_matches_engine_greedy(vector_setup):
     task, learner, rollout = vector_setup
     inputs = task.inputs("val", np.arange(6))
     engine_ids = rollout.sample(inputs, task.allowed_hf, 1, 0.0).token_ids[:, 0]
-    learner_ids = task.hf_tokens(learner.greedy(inputs))
+    learner_ids = task.hf_tokens(np.concatenate(learner.call("greedy", batch=LearnerBatch.of(inputs))))
     assert np.array_equal(engine_ids, learner_ids)

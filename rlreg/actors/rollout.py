@@ -11,10 +11,17 @@ from typing import Any, Callable
 import numpy as np
 import ray
 
+from safetensors import safe_open
+
 from rlreg import device
-from rlreg.model.encoder import ENCODER_PREFIX
+from rlreg.actors.config import RayConfig
+from rlreg.actors.session import ActorFailed, actor_env, get_with_timeout, require_resources, wait_for_actors
+from rlreg.errors import RemoteTimeout
+from rlreg.model.build import ModelMeta
 from rlreg.model.config import EngineConfig
+from rlreg.model.encoder import ENCODER_PREFIX, load_encoder, prompt_embeddings
 from rlreg.model.engine import NumberEngine, Samples
+from rlreg.rundir import ModelFiles
 
 EMBED_KEY = "model.embed_tokens.weight"  # Llama's token embeddings under HF names
 
@@ -29,14 +36,9 @@ class RolloutWorker:
         if self.engine.takes_embeddings:
             # Vector input: this actor turns features into prompt embeddings with its own copies
             # of the encoder and the token-embedding matrix, both refreshed on every weight update.
-            from safetensors import safe_open
-
-            from rlreg.model.build import ModelMeta
-            from rlreg.model.encoder import load_encoder
-
             self.encoder = load_encoder(model_dir)
             self.feature_id = ModelMeta.load(model_dir).feature_id
-            with safe_open(str(Path(model_dir, "model.safetensors")), "pt") as f:
+            with safe_open(str(Path(model_dir, ModelFiles.WEIGHTS)), "pt") as f:
                 self.embed_matrix = f.get_tensor(EMBED_KEY)
 
     def ready(self) -> bool:
@@ -50,8 +52,6 @@ class RolloutWorker:
                features: np.ndarray | None = None) -> Samples:
         embeddings = None
         if self.encoder is not None:
-            from rlreg.model.encoder import prompt_embeddings
-
             if features is None:
                 raise ValueError("this model takes vector input: sample() needs features")
             embeddings = prompt_embeddings(self.embed_matrix, self.encoder, prompts, features, self.feature_id)
@@ -90,10 +90,8 @@ class RolloutWorker:
 class RolloutGroup:
     """N rollout workers behind one call; every wait is time-limited."""
 
-    def __init__(self, model_dir: str | Path, engine_cfg: EngineConfig, max_model_len: int, ray_cfg,
+    def __init__(self, model_dir: str | Path, engine_cfg: EngineConfig, max_model_len: int, ray_cfg: RayConfig,
                  workers: int = 1):
-        from rlreg.actors.session import actor_env, require_resources, wait_for_actors
-
         self.ray_cfg = ray_cfg
         require_resources(workers * ray_cfg.rollout_cpus, workers * device.ray_gpus_per_actor(1.0),
                           f"{workers} rollout worker(s)")
@@ -141,9 +139,6 @@ class RolloutGroup:
         replaced and its items are retried once on the replacement; a second failure is an error."""
         import ray.exceptions
 
-        from rlreg.actors.session import ActorFailed, get_with_timeout
-        from rlreg.errors import RemoteTimeout
-
         results: dict[int, Any] = {}
         pending = list(range(len(items)))
         for attempt in range(2):
@@ -172,8 +167,6 @@ class RolloutGroup:
 
     def _replace(self, w: int, reason: str) -> None:
         """Kill worker w and start a new engine holding the current weights (bounded: ray.max_restarts)."""
-        from rlreg.actors.session import ActorFailed, get_with_timeout, wait_for_actors
-
         limit = self.ray_cfg.max_restarts
         if self.restarts >= limit:
             raise ActorFailed(f"{reason}; not restarted: {self.restarts} restart(s) already this run "

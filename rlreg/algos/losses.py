@@ -1,5 +1,5 @@
 """Sequence-level RL losses for the learner: policy gradient (optionally PPO-clipped), KL to a
-reference policy, entropy.
+reference policy, entropy, and rl_loss, the RL objective that composes them (with GenRe²'s expert CE).
 
 Per-token tensors are [N, L] (N = rollouts, L = number tokens) with a `mask` [N, L] that is
 1/True for tokens that count. Masked-out entries may hold anything (padding, -inf): they are
@@ -14,6 +14,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from rlreg.algos.config import RLLossOptions
+from rlreg.algos.experience import LearnerBatch
+from rlreg.algos.token_losses import expert_ce, masked_zero
+
 LossAgg = Literal["token_mean", "seq_mean"]
 KLKind = Literal["k1", "k3"]
 
@@ -22,10 +26,6 @@ def _bool_mask(mask: Tensor, like: Tensor) -> Tensor:
     if mask.shape != like.shape:
         raise ValueError(f"mask shape {tuple(mask.shape)} differs from tensor shape {tuple(like.shape)}")
     return mask.bool()
-
-
-def masked_zero(x: Tensor, mask: Tensor) -> Tensor:
-    return torch.where(mask, x, torch.zeros((), dtype=x.dtype, device=x.device))
 
 
 def aggregate(per_token: Tensor, mask: Tensor, loss_agg: LossAgg = "token_mean") -> Tensor:
@@ -99,7 +99,7 @@ def policy_loss(
     return loss, stats
 
 
-def kl_penalty(logp: Tensor, ref_logp: Tensor, kind: KLKind = "k1") -> Tensor:
+def kl_penalty(logp: Tensor, ref_logp: Tensor, kind: KLKind) -> Tensor:
     """Per-token estimates of KL(policy ‖ ref) from sampled tokens (Schulman's estimators).
 
     k1 = logp - ref_logp: unbiased, can be negative per token.
@@ -113,24 +113,16 @@ def kl_penalty(logp: Tensor, ref_logp: Tensor, kind: KLKind = "k1") -> Tensor:
     raise ValueError(f"KL kind must be 'k1' or 'k3', got {kind!r}")
 
 
-def kl_for_reward(logp: Tensor, ref_logp: Tensor, mask: Tensor, kind: KLKind = "k1", coef: float = 1.0) -> np.ndarray:
-    """KL in the reward: coef · per-sequence sum of the per-token estimate, float64 [N] with no
-    gradient; subtract it from the rewards before computing advantages."""
-    mask = _bool_mask(mask, logp)
-    with torch.no_grad():
-        per_token = kl_penalty(masked_zero(logp, mask), masked_zero(ref_logp, mask), kind)
-        return coef * masked_zero(per_token, mask).sum(dim=1).double().cpu().numpy()
-
-
 def kl_loss(
     logp: Tensor,
     ref_logp: Tensor,
     mask: Tensor,
-    kind: KLKind = "k3",
+    kind: KLKind,
     coef: float = 1.0,
     loss_agg: LossAgg = "token_mean",
 ) -> tuple[Tensor, dict[str, float]]:
-    """KL in the loss: coef · masked mean of the per-token estimate (GRPO uses k3 here)."""
+    """KL in the loss: coef · masked mean of the per-token estimate (GRPO uses k3 here). KL in the
+    reward is rlreg.algos.experience.kl_for_reward (NumPy, on the driver)."""
     mask = _bool_mask(mask, logp)
     per_token = kl_penalty(masked_zero(logp, mask), masked_zero(ref_logp, mask), kind)
     kl = aggregate(per_token, mask, loss_agg)
@@ -153,3 +145,36 @@ def entropy(logp_full: Tensor, mask: Tensor | None = None) -> Tensor:
     if mask is None:
         return per_position.mean()
     return aggregate(per_position, mask, "token_mean")
+
+
+def rl_loss(logp: Tensor, logp_full: Tensor, batch: LearnerBatch, options: RLLossOptions,
+            ref_logp: Tensor | np.ndarray | None = None) -> tuple[Tensor, dict[str, float]]:
+    """The RL objective on one shard: sequence-level policy gradient with the batch's advantages,
+    plus KL to the frozen reference (kl_in=loss; `ref_logp` [N, L] then required), minus an entropy
+    bonus, plus GenRe²'s dense expert CE along each rollout (when the batch carries expert targets).
+
+    logp [N, L]: the current policy's logprobs of batch.tokens; logp_full [N, L, V]: its full
+    constrained distribution (disallowed tokens -inf). Every number token counts (fixed length)."""
+    mask = torch.ones_like(logp)
+    advantages = torch.as_tensor(np.asarray(batch.advantages), dtype=torch.float32, device=logp.device)
+    old = None if batch.old_logp is None else \
+        torch.as_tensor(np.asarray(batch.old_logp), dtype=torch.float32, device=logp.device)
+    loss, stats = policy_loss(logp, old, advantages, mask, options.clip_eps, options.loss_agg)
+    stats = dict(stats)
+    if options.kl_in_loss:
+        if ref_logp is None:
+            raise ValueError("rl_loss: kl_in=loss with kl_coef > 0 needs ref_logp")
+        ref = torch.as_tensor(ref_logp, device=logp.device)
+        kl, kl_stats = kl_loss(logp, ref, mask, options.kl_kind, options.kl_coef, options.loss_agg)
+        loss = loss + kl
+        stats.update(kl_stats)
+    if options.entropy_coef > 0:
+        ent = entropy(logp_full, mask)
+        loss = loss - options.entropy_coef * ent
+        stats["entropy"] = float(ent.detach())
+    if options.expert_ce_coef > 0 and batch.expert is not None:
+        expert = torch.as_tensor(np.asarray(batch.expert), dtype=torch.long, device=logp.device)
+        ce, ce_stats = expert_ce(logp_full, expert, mask)
+        loss = loss + options.expert_ce_coef * ce
+        stats.update(ce_stats)
+    return loss, stats

@@ -7,16 +7,21 @@ long, the target token index per position; `mask` [N, L], 1/True where a positio
 tokens that are not digits there (sign, exponent, ... tokens); the distances NTL and DIST2
 use are in these units, so the caller picks them (digit value, or digit x place value).
 Every loss returns (scalar, {name: float}); the scalar is a mean over counted positions.
+supervised_loss composes them into the supervised stage's objective.
 """
 from __future__ import annotations
-
-from typing import Callable, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from rlreg.algos.losses import masked_zero
+from rlreg.algos.config import SFTLossOptions
+
+
+def masked_zero(x: Tensor, mask: Tensor) -> Tensor:
+    """x with masked-out entries replaced by 0, before any arithmetic: a 0 * inf = NaN there, even
+    in an unselected branch's backward, would poison the gradient (rlreg.algos.losses uses it too)."""
+    return torch.where(mask, x, torch.zeros((), dtype=x.dtype, device=x.device))
 
 
 def _checked(logp: Tensor, targets: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -127,19 +132,29 @@ def expert_ce(logp: Tensor, expert_targets: Tensor, mask: Tensor) -> tuple[Tenso
     return loss, {"expert_ce": stats["token_ce"], "expert_acc": stats["token_acc"]}
 
 
-def expert_targets(
-    seqs: np.ndarray | Tensor, y: Sequence[float] | np.ndarray, next_id_fn: Callable[[float, list[int]], int]
-) -> np.ndarray:
-    """[N, L] int64 expert target ids: entry (i, t) = next_id_fn(y_i, seqs[i, :t]), the
-    error-minimising next token after the rollout's OWN prefix (e.g. a NumberTokenizer's
-    `expert_next_ids`). Conditioning on the sampled prefix, not the target's, is what makes
-    this dense supervision along every rollout, including ones that already went wrong."""
-    ids = seqs.detach().cpu().numpy() if isinstance(seqs, Tensor) else np.asarray(seqs)
-    ys = np.asarray(y, dtype=np.float64)
-    if ids.ndim != 2 or ys.shape != (ids.shape[0],):
-        raise ValueError(f"expert_targets: expected seqs [N, L] and y [N], got {ids.shape} and {ys.shape}")
-    out = np.empty(ids.shape, dtype=np.int64)
-    for i, row in enumerate(ids.tolist()):
-        for t in range(len(row)):
-            out[i, t] = next_id_fn(float(ys[i]), row[:t])
-    return out
+def token_values(number_tokenizer) -> Tensor:
+    """[L, V]: the digit value of each number token at each position (NaN where it is not a digit
+    allowed there) — what NTL and DIST2 measure distances with."""
+    values = np.where(number_tokenizer.allowed, number_tokenizer.digit_values[None, :], np.nan)
+    return torch.as_tensor(values, dtype=torch.float32)
+
+
+def supervised_loss(logp_full: Tensor, targets: Tensor, options: SFTLossOptions,
+                    token_values: Tensor) -> tuple[Tensor, dict[str, float]]:
+    """The supervised objective toward the target's number tokens [N, L] from logp_full [N, L, V]:
+    CE, CE + ntl_weight · NTL-WAS, or DIST2. Stats: ce, and the variant's own term."""
+    mask = torch.ones_like(targets, dtype=torch.float32)
+    ce, _ = token_ce(logp_full, targets, mask)
+    stats = {"ce": float(ce.detach())}
+    if options.loss == "ce":
+        return ce, stats
+    values = token_values.to(logp_full.device)
+    if options.loss == "ntl_was":
+        ntl, _ = ntl_was(logp_full, targets, mask, values)
+        stats["ntl_was"] = float(ntl.detach())
+        return ce + options.ntl_weight * ntl, stats
+    if options.loss == "dist2":
+        loss, _ = dist2(logp_full, targets, mask, values, sigma=options.dist2_sigma)
+        stats["dist2"] = float(loss.detach())
+        return loss, stats
+    raise ValueError(f"unknown supervised loss {options.loss!r}")

@@ -36,7 +36,7 @@ def train_regression_head(task, steps: int, batch_size: int, lr: float, eval_eve
                           seed: int = 0) -> dict[str, np.ndarray]:
     """Train from the task's freshly built model; returns predictions (original units) for val and test
     from the step with the best validation RMSE."""
-    from rlreg.actors.learner import load_policy
+    from rlreg.model.policy import load_policy
     from rlreg.model.build import ModelMeta
     from rlreg.data.batches import BatchCursor
 

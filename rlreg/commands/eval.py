@@ -17,10 +17,11 @@ from rlreg.config import load_config
 from rlreg.configlib import to_mapping
 from rlreg.errors import ConfigError
 from rlreg.evaluate.aggregate import aggregate, choose_aggregation, sample_interval
+from rlreg.evaluate.calibration import check_alphas, interval_report
 from rlreg.evaluate.metrics import evaluate_samples
 from rlreg.evaluate.plots import parity_plot, residual_plot
 from rlreg.evaluate.report import REPORT_COLUMNS, format_table, report_row, write_metrics_json
-from rlreg.evaluate.sampling import classical_baselines, sample_values
+from rlreg.evaluate.sampling import calibrate, classical_baselines, sample_values
 from rlreg.model.checkpoint import require_weights
 from rlreg.rundir import RunDir
 from rlreg.train.task import SPLITS, prepare_task
@@ -47,9 +48,11 @@ def _recorded_checkpoint(run: RunDir) -> Path | None:
 
 
 def run_eval(run_dir: str | Path, split: str = "test", samples: int | None = None, baselines: bool = False,
-             overrides: Sequence[str] = ()) -> dict:
+             overrides: Sequence[str] = (), alphas: Sequence[float] | None = None) -> dict:
     """Sample K per input of `split`, aggregate (chosen on val unless eval.aggregation is set),
-    score, plot, write eval_<split>.json, print the table; returns the JSON payload."""
+    calibrate the intervals on val (split conformal, same K), score, plot, write eval_<split>.json,
+    print the table; returns the JSON payload. alphas: interval levels besides 0.1."""
+    alphas = check_alphas(alphas, "--alpha")
     if split not in SPLITS:
         raise ConfigError(f"--split must be one of {', '.join(SPLITS)}, got {split!r}")
     if baselines and split == "train":
@@ -65,7 +68,8 @@ def run_eval(run_dir: str | Path, split: str = "test", samples: int | None = Non
     if how == "auto" and len(task.y["val"]) == 0:
         raise ConfigError(f"{run}: no validation rows to choose the aggregation on; "
                           f"set eval.aggregation=mean|median|trimmed_mean")
-    need = [split] if how != "auto" or split == "val" else ["val", split]
+    # val is drawn whenever it has rows: the calibration needs it even when the aggregation is given
+    need = list(dict.fromkeys(["val", split])) if len(task.y["val"]) else [split]
     ensure_ray(cfg.ray)
     rollout = RolloutGroup(checkpoint, cfg.engine, cfg.model.max_positions, cfg.ray)
     try:
@@ -77,25 +81,31 @@ def run_eval(run_dir: str | Path, split: str = "test", samples: int | None = Non
     if how == "auto":
         how, chosen_on = choose_aggregation(*drawn["val"], task.y["val"]), "val"
     values, valid = drawn[split]
+    calibration = calibrate(*drawn["val"], task.y["val"], how) if "val" in drawn else None
     metrics = evaluate_samples(values, valid, task.y[split], how, task.scaler.to_z, n_boot=cfg.eval.n_boot)
+    metrics["intervals"] = interval_report(values, valid, task.y[split], calibration, alphas)
     payload = {"split": split, "dataset": task.dataset.name, "checkpoint": str(checkpoint),
                "samples": cfg.eval.samples, "temperature": cfg.eval.temperature, "aggregation": how,
-               "aggregation_chosen_on": chosen_on, "model": metrics, "config": to_mapping(cfg)}
+               "aggregation_chosen_on": chosen_on, "model": metrics, "config": to_mapping(cfg),
+               "calibration": None if calibration is None else calibration.to_dict(),
+               # on val itself the calibrated coverage is in-sample, ≈ 1 − alpha by construction
+               "calibrated_on": None if calibration is None else ("val (in-sample)" if split == "val" else "val")}
     if baselines:
         payload["baselines"] = {name: result[split] for name, result in classical_baselines(task).items()}
     if cfg.eval.plots:
-        payload["plots"] = _plots(task, values, valid, how, split, run, cfg.eval.samples)
+        payload["plots"] = _plots(task, values, valid, how, split, run, cfg.eval.samples, calibration)
     payload["wall_s"] = time.monotonic() - started
     out = write_metrics_json(run.eval_result(split), payload)
     _print(task, payload, split, out)
     return payload
 
 
-def _plots(task, values, valid, how: str, split: str, run: RunDir, k: int) -> list[str]:
+def _plots(task, values, valid, how: str, split: str, run: RunDir, k: int, calibration=None) -> list[str]:
     yhat = aggregate(values, valid, how)
     if not np.isfinite(yhat).any():
         return []  # nothing decoded: the JSON says so (n_no_valid); a plot would be empty
-    lo, hi = sample_interval(values, valid, alpha=0.1)
+    lo, hi = (calibration.interval(values, valid, 0.1) if calibration is not None
+              else sample_interval(values, valid, alpha=0.1))
     name = task.dataset.name
     return [str(parity_plot(task.y[split], yhat, run.plot(f"eval_{split}_parity"),
                             f"{name} {split} ({how} of {k})", lo=lo, hi=hi)),
@@ -109,10 +119,18 @@ def _print(task, payload: dict, split: str, out: Path) -> None:
     print(f"\n{split} metrics ({task.dataset.name}, {len(task.y[split])} rows, original units; "
           f"aggregation chosen on {payload['aggregation_chosen_on']}):")
     print(format_table(rows, REPORT_COLUMNS))
+    lines = []
+    for key, r in payload["model"]["intervals"].items():
+        cal = r["calibrated"]
+        shown = "no calibration" if cal is None else f"calibrated {cal['coverage']:.3f} (width {cal['width']:.4g})"
+        lines.append(f"  {r['nominal']:.0%} interval coverage: sample {r['raw']['coverage']:.3f} "
+                     f"(width {r['raw']['width']:.4g}), {shown}")
+    print("\n".join(lines))
     print(f"\nwritten: {out}")
 
 
 def run(args: argparse.Namespace) -> int:
+    alpha = getattr(args, "alpha", None)  # --alpha, once the parser offers it (rlreg/cli.py)
     run_eval(args.run_dir, split=args.split, samples=args.samples, baselines=args.baselines,
-             overrides=args.overrides)
+             overrides=args.overrides, alphas=None if alpha is None else [alpha])
     return 0

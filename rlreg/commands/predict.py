@@ -17,9 +17,10 @@ from rlreg.config import load_config
 from rlreg.data.rows import read_rows, write_rows
 from rlreg.errors import ConfigError, DataError
 from rlreg.evaluate.aggregate import AGGREGATIONS
+from rlreg.evaluate.calibration import Calibration, check_alpha
 from rlreg.evaluate.sampling import sample_values, summarise
 from rlreg.model.checkpoint import Checkpoint, load_checkpoint
-from rlreg.rundir import RunDir
+from rlreg.rundir import ModelFiles, RunDir
 from rlreg.train.task import PREDICT, task_for_rows
 
 PREDICTION_COLUMNS = ("prediction", "lower", "upper", "samples_valid")
@@ -44,6 +45,15 @@ def resolve_aggregation(checkpoint: Checkpoint, given: str | None) -> tuple[str,
     return "mean", "default"
 
 
+def stored_calibration(checkpoint: Checkpoint) -> Calibration | None:
+    """The split-conformal calibration the run recorded in task.json, if any (older checkpoints
+    and runs without validation samples have none: their intervals are the raw sample ones)."""
+    data = checkpoint.info.get("calibration")
+    if data is None:
+        return None
+    return Calibration.from_dict(data, f"{checkpoint.model_dir / ModelFiles.TASK}: calibration")
+
+
 def _sampling_config(overrides: Sequence[str]):
     for text in overrides:
         if not text.startswith(OVERRIDE_SECTIONS):
@@ -59,8 +69,7 @@ def run_predict(checkpoint_dir: str | Path, input_path: str | Path, output_path:
     RolloutGroup on this checkpoint (else one is started and stopped here)."""
     if samples < 1:
         raise ConfigError(f"--samples must be >= 1, got {samples}")
-    if not 0.0 < alpha < 1.0:
-        raise ConfigError(f"--alpha must lie in (0, 1), got {alpha}")
+    alpha = check_alpha(alpha, "--alpha")
     if aggregation is not None and aggregation not in AGGREGATIONS:
         raise ConfigError(f"--aggregation must be one of {', '.join(AGGREGATIONS)}, got {aggregation!r}")
     cfg = _sampling_config(overrides)
@@ -73,6 +82,7 @@ def run_predict(checkpoint_dir: str | Path, input_path: str | Path, output_path:
                         f"output columns {', '.join(PREDICTION_COLUMNS)}; rename them")
     task = task_for_rows(checkpoint, rows)  # bad rows fail here, before an engine starts
     how, source = resolve_aggregation(checkpoint, aggregation)
+    calibration = stored_calibration(checkpoint)  # read before an engine starts: a bad one fails fast
     temp = float(checkpoint.info.get("temperature", 1.0) if temperature is None else temperature)
     own = rollout is None
     if own:
@@ -83,13 +93,17 @@ def run_predict(checkpoint_dir: str | Path, input_path: str | Path, output_path:
     finally:
         if own:
             rollout.shutdown()
-    result = summarise(values, valid, how, alpha)
+    result = summarise(values, valid, how, alpha, calibration)
     records = [{**{c: row.get(c) for c in extra}, **{k: v[i] for k, v in result.items()}}
                for i, row in enumerate(rows.values)]
     write_rows(output_path, extra + list(PREDICTION_COLUMNS), records)
     return {"rows": len(records), "output": str(output_path), "samples": samples, "temperature": temp,
             "aggregation": how, "aggregation_from": source, "alpha": alpha,
-            "rows_without_valid": int((result["samples_valid"] == 0).sum())}
+            "rows_without_valid": int((result["samples_valid"] == 0).sum()),
+            "interval": "calibrated" if calibration is not None else "sample",
+            # conformal coverage holds for the K it was calibrated with; another K only approximately
+            "calibrated_samples": None if calibration is None else calibration.samples,
+            "calibration_quantile": None if calibration is None else calibration.quantile(alpha)}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -97,6 +111,14 @@ def run(args: argparse.Namespace) -> int:
                       aggregation=args.aggregation, temperature=args.temperature, overrides=args.overrides)
     print(f"wrote {out['rows']} rows to {out['output']} ({out['samples']} samples each, "
           f"{out['aggregation']} from {out['aggregation_from']}, {1 - out['alpha']:.0%} intervals)")
+    if out["interval"] == "calibrated":
+        print(f"lower/upper: split-conformal calibrated on the run's validation split "
+              f"(K = {out['calibrated_samples']} there, quantile {out['calibration_quantile']:.3g} x sample std)")
+        if out["calibrated_samples"] != out["samples"]:
+            print(f"note: calibrated with K = {out['calibrated_samples']}, sampled with K = {out['samples']}: "
+                  f"coverage is approximate", file=sys.stderr)
+    else:
+        print("lower/upper: the raw sample quantiles (this checkpoint holds no calibration)")
     if out["rows_without_valid"]:
         print(f"warning: {out['rows_without_valid']} rows had no valid sample (empty prediction)", file=sys.stderr)
     return 0

@@ -8,6 +8,7 @@ import numpy as np
 
 from rlreg.baselines.classical import classical_predictions
 from rlreg.evaluate.aggregate import aggregate, choose_aggregation, effective_mask, sample_interval
+from rlreg.evaluate.calibration import Calibration, check_alphas, fit_calibration, interval_report
 from rlreg.evaluate.config import EvalConfig
 from rlreg.evaluate.metrics import evaluate_point, evaluate_samples
 from rlreg.rundir import RunDir
@@ -20,28 +21,48 @@ def sample_values(rollout, task, split: str, k: int, temperature: float,
     return task.decode(samples.token_ids)
 
 
-def summarise(values: np.ndarray, valid: np.ndarray, aggregation: str, alpha: float) -> dict[str, np.ndarray]:
-    """prediction, lower, upper (central 1 − alpha sample interval) and samples_valid per row."""
-    lower, upper = sample_interval(values, valid, alpha)
+def summarise(values: np.ndarray, valid: np.ndarray, aggregation: str, alpha: float,
+              calibration: Calibration | None = None) -> dict[str, np.ndarray]:
+    """prediction, lower, upper and samples_valid per row; the interval is the calibrated one when
+    a calibration is given, else the central 1 − alpha sample interval."""
+    lower, upper = (calibration.interval(values, valid, alpha) if calibration is not None
+                    else sample_interval(values, valid, alpha))
     return {"prediction": aggregate(values, valid, aggregation), "lower": lower, "upper": upper,
             "samples_valid": effective_mask(values, valid).sum(axis=1)}
 
 
-def evaluate_model(rollout, task, eval_cfg: EvalConfig, out_dir: Path | None = None, label: str = "") -> dict:
+def calibrate(values: np.ndarray, valid: np.ndarray, y: np.ndarray, how: str) -> Calibration | None:
+    """The split-conformal calibration of these validation samples; None when no row decoded
+    (a collapsed policy still gets its report, without calibrated intervals)."""
+    if not effective_mask(values, valid).any():
+        return None
+    return fit_calibration(values, valid, y, how)
+
+
+def evaluate_model(rollout, task, eval_cfg: EvalConfig, out_dir: Path | None = None, label: str = "",
+                   alphas=None) -> dict:
+    """{"val", "test": metrics (with "intervals": raw and calibrated coverage and width per alpha),
+    "calibration": fitted on val (Calibration.to_dict) or None}. alphas: besides 0.1."""
+    alphas = check_alphas(alphas)
     results: dict = {}
     drawn = {split: sample_values(rollout, task, split, eval_cfg.samples, eval_cfg.temperature,
                                   eval_cfg.chunk_inputs) for split in ("val", "test")}
     how = eval_cfg.aggregation
     if how == "auto":
         how = choose_aggregation(*drawn["val"], task.y["val"])
+    calibration = calibrate(*drawn["val"], task.y["val"], how)
     for split, (values, valid) in drawn.items():
         results[split] = evaluate_samples(values, valid, task.y[split], how, task.scaler.to_z, n_boot=eval_cfg.n_boot)
+        # on val the calibrated coverage is in-sample (≈ 1 − alpha by construction); test is the check
+        results[split]["intervals"] = interval_report(values, valid, task.y[split], calibration, alphas)
+    results["calibration"] = None if calibration is None else calibration.to_dict()
     if out_dir is not None and eval_cfg.plots:
         from rlreg.evaluate.plots import parity_plot, residual_plot
 
         values, valid = drawn["test"]
         yhat = aggregate(values, valid, how)
-        lo, hi = sample_interval(values, valid, alpha=0.1)
+        lo, hi = (calibration.interval(values, valid, 0.1) if calibration is not None
+                  else sample_interval(values, valid, alpha=0.1))
         name, run = f"{label}_" if label else "", RunDir(out_dir)
         parity_plot(task.y["test"], yhat, run.plot(f"{name}parity_test"),
                     f"{task.dataset.name} test ({label or 'model'}, {how} of {eval_cfg.samples})", lo=lo, hi=hi)

@@ -104,3 +104,9 @@ def count_parameters(model_dir: str | Path) -> int:
                 size *= int(dim)
             total += size
     return total
+
+
+def encoder_spec(model_dir: str | Path) -> dict | None:
+    """The vector-input encoder's spec (sizes, train feature statistics); None for text input."""
+    path = Path(model_dir, ModelFiles.ENCODER_SPEC)
+    return json.loads(path.read_text()) if path.is_file() else None

@@ -19,7 +19,7 @@ from rlreg.data.config import DataConfig
 from rlreg.data.preprocess import TabularPreprocessing
 from rlreg.errors import ConfigError
 from rlreg.io import write_json
-from rlreg.model.build import ModelMeta
+from rlreg.model.build import ModelMeta, encoder_spec
 from rlreg.model.prompts import PromptCodec
 from rlreg.numbers.base import NumberTokenizer
 from rlreg.numbers.registry import build_number_tokenizer
@@ -57,11 +57,8 @@ class Checkpoint:
     @property
     def feature_stats(self) -> tuple[np.ndarray, np.ndarray] | None:
         """(mean, std) the vector-input encoder standardises with; None for text input."""
-        path = self.model_dir / ModelFiles.ENCODER_SPEC  # read here: rlreg.model.encoder loads torch
-        if not path.is_file():
-            return None
-        spec = json.loads(path.read_text())
-        return np.asarray(spec["mean"]), np.asarray(spec["std"])
+        spec = encoder_spec(self.model_dir)
+        return None if spec is None else (np.asarray(spec["mean"]), np.asarray(spec["std"]))
 
     @property
     def allowed_hf(self) -> list[list[int]]:

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from rlreg.io import write_json
+from rlreg.model.build import encoder_spec
 from rlreg.rundir import ModelFiles
 
 ENCODER_FILE = ModelFiles.ENCODER_WEIGHTS
@@ -31,9 +32,6 @@ class FeatureEncoder(nn.Module):
         return self.net(features).view(features.shape[0], self.soft_tokens, self.embed_dim)
 
 
-def encoder_spec(model_dir: str | Path) -> dict | None:
-    path = Path(model_dir, ENCODER_META)
-    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def save_encoder(encoder: FeatureEncoder, spec: dict, model_dir: str | Path, state: dict | None = None) -> None:

@@ -13,6 +13,8 @@ from typing import Sequence
 import numpy as np
 
 from rlreg import device
+from rlreg.model.build import encoder_spec
+from rlreg.model.config import EngineConfig
 from rlreg.errors import ConfigError
 
 
@@ -31,7 +33,6 @@ class NumberEngine:
         from vllm import LLM
 
         from rlreg.model.constrained import PROCESSOR_FQCN
-        from rlreg.model.encoder import encoder_spec
 
         self.cfg = cfg
         # Vector input: prompts arrive as embeddings made by the feature encoder.

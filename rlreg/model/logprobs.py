@@ -7,6 +7,8 @@ from typing import Sequence
 
 import torch
 
+from rlreg.model.shared_prefix import answer_logits_shared, prompt_runs
+
 
 class NumberHead:
     """Maps full-vocabulary logits at the L answer positions to constrained number logprobs."""
@@ -48,8 +50,6 @@ def answer_logits(model, prompts: Sequence[Sequence[int]], completions: torch.Te
     samples of one prompt) reuse one prompt pass (rlreg.model.shared_prefix); else a plain forward
     over each [prompt + completion]."""
     if shared_prefix:
-        from rlreg.model.shared_prefix import answer_logits_shared, prompt_runs
-
         if len(prompt_runs(prompts, features)[0]) < len(prompts):
             return answer_logits_shared(model, prompts, completions, pad_id, features)
     device = next(model.parameters()).device

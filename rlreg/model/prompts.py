@@ -8,7 +8,8 @@ from typing import Sequence
 import numpy as np
 
 from rlreg.errors import DataError
-from rlreg.model.build import ModelMeta
+from rlreg.model.build import ModelMeta, encoder_spec
+from rlreg.numbers.registry import build_number_tokenizer
 
 
 class PromptCodec:
@@ -24,8 +25,6 @@ class PromptCodec:
     @property
     def number_length(self) -> int:
         # Only some tokenizer specs store their length; the built tokenizer always knows it.
-        from rlreg.numbers.registry import build_number_tokenizer
-
         return build_number_tokenizer(self.meta.number_tokenizer).length
 
     def encode(self, texts: Sequence[str]) -> list[list[int]]:
@@ -42,8 +41,6 @@ class PromptCodec:
 
     def vector_prompt(self) -> list[int]:
         """[bos, <feat> × soft_tokens, answer]: the encoder's soft tokens replace the placeholders."""
-        from rlreg.model.encoder import encoder_spec
-
         spec = encoder_spec(self.model_dir)
         if spec is None or self.meta.feature_id is None:
             raise DataError(f"{self.model_dir} has no feature encoder; it cannot take vector input")

@@ -14,6 +14,7 @@ from rlreg.configlib import to_mapping
 from rlreg.evaluate.report import method_name, write_metrics_json
 from rlreg.evaluate.sampling import evaluate_model, run_baselines
 from rlreg.io import replace_dir
+from rlreg.model.checkpoint import load_checkpoint
 from rlreg.rundir import ModelFiles, RLCheckpointFiles, RunDir
 from rlreg.train.rl import RLRunner, require_rl_resources, train_rl
 from rlreg.train.sft import run_sft
@@ -54,6 +55,13 @@ def _supervised_checkpoint(cfg, task: Task, run: RunDir, target: Path) -> Path:
     return target
 
 
+def _record_calibration(checkpoint: Path, run: RunDir, metrics: dict) -> None:
+    """The run's final model carries its validation calibration (rlreg predict, RLRegressor); a model
+    the run only started from (sft.init_from) is not written to."""
+    if metrics.get("calibration") is not None and checkpoint == run.checkpoint:
+        load_checkpoint(checkpoint).record(calibration=metrics["calibration"])
+
+
 def _payload(cfg, task: Task, stage: str, metrics: dict, baselines: dict, checkpoint: Path, started: float,
              **extra) -> dict:
     return {"stage": stage, "method": method_name(cfg), "dataset": task.dataset.name, "config": to_mapping(cfg),
@@ -67,6 +75,7 @@ def run_supervised(cfg, command: str = "sft") -> dict:
     run, task = _prepare(cfg, command)
     checkpoint = _supervised_checkpoint(cfg, task, run, run.checkpoint)
     metrics = evaluate_checkpoint(cfg, task, checkpoint, run, "sft")
+    _record_calibration(checkpoint, run, metrics)
     payload = _payload(cfg, task, "sft", metrics, run_baselines(task, cfg), checkpoint, started)
     write_metrics_json(run.metrics, payload)
     return payload
@@ -98,6 +107,7 @@ def run_train(cfg, resume: bool = False) -> dict:
     finally:
         runner.shutdown()
     replace_dir(final_dir, run.checkpoint)
+    _record_calibration(run.checkpoint, run, after)
     payload = _payload(cfg, task, "rl", after, run_baselines(task, cfg), run.checkpoint, started,
                        algorithm=cfg.rl.advantage, before={"val": before["val"], "test": before["test"]})
     write_metrics_json(run.metrics, payload)

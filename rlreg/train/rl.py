@@ -1,252 +1,176 @@
 """The RL stage: one controller drives rollout workers (vLLM), the reward pool and the DeepSpeed
 learner group. One step: batch of inputs → G constrained samples each (+ a greedy decode for
-ReMax) → rewards → advantages → learner update(s) → weight sync → log."""
+ReMax) → rewards → experience (rlreg.algos.experience: KL, filter, advantages) → learner
+update(s) → weight sync → log. Checkpoints: rlreg.train.checkpoints."""
 from __future__ import annotations
 
-import base64
-import json
+import contextlib
 import shutil
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 
-from rlreg.algos.config import AlgoConfig
-from rlreg.errors import ConfigError
-
-LATEST = "latest.json"  # names the newest complete RL checkpoint; written last, by an atomic rename
-ROLLOUT_RNG_FILE = "rollout_rng.json"  # the engines' sampler RNG states, inside a checkpoint's tag dir
+from rlreg import device
+from rlreg.actors.learner import LearnerGroup, LearnerLost, merge_stats
+from rlreg.actors.reward import RewardPool
+from rlreg.actors.rollout import RolloutGroup
+from rlreg.actors import session
+from rlreg.algos.advantages import needs_greedy
+from rlreg.algos.experience import LearnerBatch, make_experience
+from rlreg.data.batches import BatchCursor
+from rlreg.evaluate.aggregate import aggregate
+from rlreg.evaluate.sampling import sample_values
+from rlreg.io import replace_dir
+from rlreg.rundir import RunDir
+from rlreg.train import checkpoints
+from rlreg.train.export import copy_model_extras
+from rlreg.train.logger import RunLogger, progress
 
 
 def require_rl_resources(cfg) -> None:
     """The three roles run side by side: check their sum fits before starting any of them (a request
     that cannot fit would otherwise wait for actors or a placement group until the start timeout)."""
-    from rlreg import device
-    from rlreg.actors.session import require_resources
-
+    # session.require_resources looked up at call time: tests stand in for it there.
     rl, ray_cfg = cfg.rl, cfg.ray
     cpus = (rl.rollout_workers * ray_cfg.rollout_cpus + cfg.reward.workers * ray_cfg.reward_cpus
             + cfg.learner.world_size * ray_cfg.learner_cpus)
     gpus = rl.rollout_workers * device.ray_gpus_per_actor(1.0) + (cfg.learner.world_size if device.has_cuda() else 0)
-    require_resources(cpus, gpus, f"the RL stage ({rl.rollout_workers} rollout worker(s) x ray.rollout_cpus="
-                                  f"{ray_cfg.rollout_cpus:g}, {cfg.reward.workers} reward actor(s) x ray.reward_cpus="
-                                  f"{ray_cfg.reward_cpus:g}, learner.world_size={cfg.learner.world_size} x "
-                                  f"ray.learner_cpus={ray_cfg.learner_cpus:g})")
+    session.require_resources(cpus, gpus, f"the RL stage ({rl.rollout_workers} rollout worker(s) x ray.rollout_cpus="
+                                          f"{ray_cfg.rollout_cpus:g}, {cfg.reward.workers} reward actor(s) x "
+                                          f"ray.reward_cpus={ray_cfg.reward_cpus:g}, learner.world_size="
+                                          f"{cfg.learner.world_size} x ray.learner_cpus={ray_cfg.learner_cpus:g})")
 
 
-def group_stats(prefix: str, values: np.ndarray) -> dict:
-    return {f"{prefix}_mean": float(np.mean(values)), f"{prefix}_std": float(np.std(values)),
-            f"{prefix}_min": float(np.min(values)), f"{prefix}_max": float(np.max(values))}
+class Timings:
+    """Wall seconds of named phases: `with timings("time_rollout"): ...`, then `.seconds`."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        t0 = time.monotonic()
+        try:
+            yield
+        finally:
+            self.seconds[name] = time.monotonic() - t0
+
+
+def sample_stats(scored: dict, y: np.ndarray) -> dict:
+    """What the reward pool reports about the samples [B, G]: failures, errors, sample RMSE."""
+    pred = scored["pred"]
+    finite = np.isfinite(pred)
+    rmse = float(np.sqrt(np.mean((pred - y[:, None])[finite] ** 2))) if finite.any() else float("nan")
+    return {"reward_failures": int(scored["failed"].sum()), "reward_errors": scored["errors"][:3],
+            "train_rmse_samples": rmse}
 
 
 class RLRunner:
     """Holds the three actor roles for one RL run and steps them."""
 
     def __init__(self, cfg, task, start_model_dir: Path, run_dir: Path):
-        from rlreg.actors.learner import LearnerGroup
-        from rlreg.actors.reward import RewardPool
-        from rlreg.actors.rollout import RolloutGroup
-        from rlreg.data.batches import BatchCursor
-
         self.cfg, self.task, self.run_dir = cfg, task, Path(run_dir)
         self.start_model_dir = Path(start_model_dir)
         rl = cfg.rl
         self.rollout = RolloutGroup(start_model_dir, cfg.engine, cfg.model.max_positions, cfg.ray, rl.rollout_workers)
-        self.rewards = RewardPool(task.number_tokenizer.describe(), task.scaler.state_dict(), cfg.reward, cfg.ray)
-        self.learner = LearnerGroup(start_model_dir, cfg.learner, rl.lr, rl.steps * rl.ppo_epochs, cfg.ray,
-                                    seed=cfg.seed)
+        column_names = list(task.columns("train", [0]))
+        self.rewards = RewardPool(task.number_tokenizer.describe(), task.scaler.state_dict(), cfg.reward, cfg.ray,
+                                  column_names)
+        self.learner = self.start_learner()
         self.cursor = BatchCursor(len(task.prompts["train"]), rl.batch_size, cfg.seed + 1)
         self.step_index = 0
         self.learner_restarts = 0
 
+    def start_learner(self) -> LearnerGroup:
+        rl = self.cfg.rl
+        return LearnerGroup(self.start_model_dir, self.cfg.learner, rl.lr, rl.steps * rl.ppo_epochs, self.cfg.ray,
+                            seed=self.cfg.seed)
+
+    def start_over(self) -> None:
+        """Step 0 on the start model: the data cursor afresh, the engines back to the learner's weights."""
+        self.step_index = 0
+        self.cursor = BatchCursor(len(self.task.prompts["train"]), self.cfg.rl.batch_size, self.cfg.seed + 1)
+        self.sync()
+
     # -- one step -----------------------------------------------------------------------------
-    def _rewards(self, hf_ids: np.ndarray, targets: np.ndarray) -> dict:
-        flat = hf_ids.reshape(-1, hf_ids.shape[-1])
-        number_ids = np.asarray([self.task.codec.to_number_ids(r) for r in flat])
-        return self.rewards.score(number_ids, targets) | {"number_ids": number_ids}
-
     def step(self) -> dict:
-        from rlreg.algos.advantages import get_advantage, needs_greedy
-        from rlreg.algos.filtering import filtered_fraction, std_filter
-        from rlreg.algos.losses import kl_for_reward
-        from rlreg.algos.token_losses import expert_targets
-
-        rl, task = self.cfg.rl, self.task
-        timings = {}
-        t0 = time.monotonic()
+        rl, task, timings = self.cfg.rl, self.task, Timings()
         idx = self.cursor.next()
-        inputs = task.inputs("train", idx)
-        y = task.y["train"][idx]
-        batch_size, group = len(idx), rl.group_size
-        samples = self.rollout.sample(inputs, task.allowed_hf, group, rl.temperature)
-        greedy = self.rollout.sample(inputs, task.allowed_hf, 1, 0.0) if needs_greedy(rl.advantage) else None
-        timings["time_rollout"] = time.monotonic() - t0
+        inputs, y, columns = task.inputs("train", idx), task.y["train"][idx], self._columns(idx)
+        with timings("time_rollout"):
+            samples = self.rollout.sample(inputs, task.allowed_hf, rl.group_size, rl.temperature)
+            greedy = self.rollout.sample(inputs, task.allowed_hf, 1, 0.0) if needs_greedy(rl.advantage) else None
+        with timings("time_reward"):
+            scored = self._score(samples.token_ids, y, columns)
+            baseline = None if greedy is None else self._score(greedy.token_ids, y, columns)["rewards"][:, 0]
+        ref = self._reference_logprobs(inputs, scored["number_ids"]) if rl.kl_coef > 0 and rl.kl_in == "reward" else None
+        experience, stats = make_experience(
+            inputs, scored["number_ids"], samples.logprobs, scored["rewards"], scored["valid"], task.scaler.transform(y),
+            rl, expert_next_ids=task.number_tokenizer.expert_next_ids, baseline=baseline, ref_logp=ref)
+        with timings("time_learn"):
+            stats.update(self._learn(experience.learner_batch()))
+        with timings("time_sync"):
+            self.step_index += 1
+            if self.step_index % rl.sync_every == 0 or self.step_index == rl.steps:
+                self.sync()
+        return stats | sample_stats(scored, y) | timings.seconds
 
-        t0 = time.monotonic()
-        scored = self._rewards(samples.token_ids, np.repeat(y, group))
-        rewards = scored["rewards"].reshape(batch_size, group)
-        baseline = None
-        if greedy is not None:
-            baseline = self._rewards(greedy.token_ids, y)["rewards"]
-        timings["time_reward"] = time.monotonic() - t0
+    def _columns(self, idx: np.ndarray) -> dict[str, np.ndarray] | None:
+        # The rows' data columns, for reward functions that take them (Task.columns is new: guarded).
+        return self.task.columns("train", idx) if hasattr(self.task, "columns") else None
 
-        batch = {"prompts": [p for p in inputs["prompts"] for _ in range(group)], "tokens": scored["number_ids"],
-                 "old_logp": samples.logprobs.reshape(batch_size * group, -1)}
-        if "features" in inputs:
-            batch["features"] = np.repeat(inputs["features"], group, axis=0)
+    def _score(self, hf_ids: np.ndarray, y: np.ndarray, columns: dict | None) -> dict:
+        """The reward pool's results for samples [B, n, L] of the batch's rows, shaped [B, n], with
+        their number-token ids [B, n, L]; each row's targets and data columns repeat n times."""
+        batch, n, length = hf_ids.shape
+        number_ids = np.asarray([self.task.codec.to_number_ids(r) for r in hf_ids.reshape(-1, length)])
+        repeated = None if columns is None else {k: np.repeat(v, n) for k, v in columns.items()}
+        scored = self.rewards.score(number_ids, np.repeat(y, n), repeated)
+        out = {k: scored[k].reshape(batch, n) for k in ("rewards", "pred", "valid", "failed")}
+        return out | {"errors": scored["errors"], "number_ids": number_ids.reshape(batch, n, length)}
+
+    def _reference_logprobs(self, inputs: dict, number_ids: np.ndarray) -> np.ndarray:
+        """The frozen start model's logprobs [B, G, L] of the samples (KL in the reward)."""
+        batch = LearnerBatch.of_rollouts(inputs, number_ids)
+        parts = self.learner.call("reference_logprobs", self.cfg.rl.temperature, batch=batch,
+                                  what="reference logprobs")
+        return np.concatenate(parts).reshape(number_ids.shape)
+
+    def _learn(self, batch: LearnerBatch) -> dict:
+        """rl.ppo_epochs optimizer steps on the batch (none when the filter dropped every group)."""
         stats: dict = {}
-        if rl.kl_coef > 0 and rl.kl_in == "reward":
-            import torch
-
-            ref = self.learner.reference_logprobs(batch, rl.temperature)
-            kl = kl_for_reward(torch.as_tensor(batch["old_logp"]), torch.as_tensor(ref),
-                               torch.ones(ref.shape), rl.kl_kind, rl.kl_coef)
-            rewards = rewards - kl.reshape(batch_size, group)
-            stats["kl_reward"] = float(kl.mean())
-            # The greedy decode's KL is not estimated: ReMax's baseline stays its raw reward.
-        keep = np.ones(batch_size, dtype=bool)
-        if rl.std_filter_tol is not None:
-            keep = std_filter(rewards, rl.std_filter_tol)
-        stats["filtered_fraction"] = filtered_fraction(keep) if rl.std_filter_tol is not None else 0.0
-        advantages = get_advantage(rl.advantage)(rewards, baseline, rl.adv_eps)
-        rows = np.repeat(keep, group)
-        if rl.expert_ce_coef > 0:
-            batch["expert"] = expert_targets(scored["number_ids"], task.scaler.transform(np.repeat(y, group)),
-                                             task.number_tokenizer.expert_next_ids)
-        batch["advantages"] = advantages.reshape(-1)
-        batch = {k: ([v[i] for i in np.flatnonzero(rows)] if isinstance(v, list) else v[rows]) for k, v in batch.items()}
-
-        t0 = time.monotonic()
-        if rows.any():
-            for _ in range(rl.ppo_epochs):
-                stats.update(self.learner.step("rl", batch, rl.learner_options()))
-        timings["time_learn"] = time.monotonic() - t0
-
-        t0 = time.monotonic()
-        self.step_index += 1
-        if self.step_index % rl.sync_every == 0 or self.step_index == rl.steps:
-            self.sync()
-        timings["time_sync"] = time.monotonic() - t0
-
-        pred = scored["pred"]
-        stats.update(group_stats("reward", rewards))
-        stats.update(group_stats("advantage", advantages))
-        stats.update(timings)
-        stats["invalid_rate"] = float(1 - scored["valid"].mean())
-        stats["reward_failures"] = int(scored["failed"].sum())
-        stats["reward_errors"] = scored["errors"][:3]
-        finite = np.isfinite(pred)
-        stats["train_rmse_samples"] = float(np.sqrt(np.mean((pred[finite] - np.repeat(y, group)[finite]) ** 2))) \
-            if finite.any() else float("nan")
+        options = self.cfg.rl.loss_options()
+        for _ in range(self.cfg.rl.ppo_epochs if len(batch) else 0):
+            results = self.learner.call("step", "rl", options, batch=batch, what="learner rl step")
+            stats.update(merge_stats(results, batch.shard_sizes(self.learner.world_size)))
         return stats
 
     def sync(self) -> list[int]:
         return self.rollout.load_weights(self.learner.publish_weights())
 
     def validation_rmse(self) -> float:
-        from rlreg.evaluate.aggregate import aggregate
-        from rlreg.evaluate.sampling import sample_values
-
         values, valid = sample_values(self.rollout, self.task, "val", self.cfg.rl.eval_samples,
                                       self.cfg.eval.temperature, self.cfg.eval.chunk_inputs)
         yhat = aggregate(values, valid, "mean")
         ok = np.isfinite(yhat)
         return float(np.sqrt(np.mean((yhat[ok] - self.task.y["val"][ok]) ** 2))) if ok.any() else float("nan")
 
-    # -- checkpoints ----------------------------------------------------------------------------
+    # -- checkpoints (rlreg.train.checkpoints) ---------------------------------------------------
     def save_checkpoint(self) -> Path:
-        """Every rank's DeepSpeed state (weights, optimizer, LR schedule, step, data cursor) and the
-        engines' sampler RNG; then latest.json, written last by an atomic rename: a checkpoint exists
-        once latest.json names it. Older checkpoints are removed after that."""
-        ckpt_dir = self.run_dir / "rl_checkpoints"
-        tag = f"step{self.step_index:06d}"
-        state = {"step": self.step_index, "cursor": self.cursor.state()}
-        self.learner.save_checkpoint(str(ckpt_dir), tag, state)
-        rng = [base64.b64encode(s).decode() for s in self.rollout.rng_states()]
-        write_json_atomic(ckpt_dir / tag / ROLLOUT_RNG_FILE, {"rollout_rng": rng})
-        write_json_atomic(ckpt_dir / LATEST, {"tag": tag, **state})
-        for old in ckpt_dir.glob("step*"):
-            if old.is_dir() and old.name != tag:
-                shutil.rmtree(old, ignore_errors=True)
-        return ckpt_dir / tag
+        return checkpoints.save_checkpoint(self)
 
     def restore(self) -> bool:
-        """Load the checkpoint latest.json names into the learner group, push its weights to the
-        engines and set their sampler RNG as it was then; False when there is none."""
-        latest = self.run_dir / "rl_checkpoints" / LATEST
-        if not latest.is_file():
-            return False
-        tag = json.loads(latest.read_text())["tag"]
-        state = self.learner.load_checkpoint(str(latest.parent), tag)
-        self.step_index = int(state["step"])
-        self.cursor.epoch, self.cursor.offset = state["cursor"]["epoch"], state["cursor"]["offset"]
-        self.sync()
-        rng_file = latest.parent / tag / ROLLOUT_RNG_FILE
-        if rng_file.is_file():
-            states = [base64.b64decode(s) for s in json.loads(rng_file.read_text())["rollout_rng"]]
-            if len(states) == len(self.rollout.workers):
-                self.rollout.set_rng_states(states)
-            else:  # rollouts stay valid, only not the ones the saved run would have drawn
-                print(f"rl: {rng_file} holds {len(states)} sampler states for {len(self.rollout.workers)} "
-                      f"rollout workers now; sampling continues from fresh seeds")
-        return True
+        return checkpoints.restore_checkpoint(self)
 
     def recover_learner(self, err: Exception) -> None:
-        """A learner rank died or hung: start a new learner group and restore the last checkpoint
-        (without one, the start model at step 0), at most ray.max_restarts times a run."""
-        from rlreg.actors.learner import LearnerGroup, LearnerLost
-        from rlreg.data.batches import BatchCursor
-
-        limit = self.cfg.ray.max_restarts
-        if self.learner_restarts >= limit:
-            raise LearnerLost(f"{err}; not restored: {self.learner_restarts} restore(s) already this run "
-                              f"(ray.max_restarts={limit})") from err
-        self.learner_restarts += 1
-        self.learner.shutdown()
-        rl = self.cfg.rl
-        self.learner = LearnerGroup(self.start_model_dir, self.cfg.learner, rl.lr, rl.steps * rl.ppo_epochs,
-                                    self.cfg.ray, seed=self.cfg.seed)
-        if not self.restore():
-            self.step_index = 0
-            self.cursor = BatchCursor(len(self.task.prompts["train"]), rl.batch_size, self.cfg.seed + 1)
-            self.sync()
+        checkpoints.recover_learner(self, err)
 
     def shutdown(self) -> None:
         """Idempotent: stops every actor and frees the placement group once."""
         for part in (self.rollout, self.rewards, self.learner):
             part.shutdown()
-
-
-def write_json_atomic(path: Path, obj) -> None:
-    """Write to a temporary name, then rename: readers see the old file or the new one, never half."""
-    import os
-
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w") as f:
-        json.dump(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(path)
-
-
-def truncate_log(path: Path, last_step: int) -> None:
-    """Keep the records of steps <= last_step (and drop a line cut short by a crash): the steps a
-    resumed or restored run does again are then logged once."""
-    if not path.is_file():
-        return
-    kept = []
-    for line in path.read_text().splitlines():
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if record.get("step", 0) <= last_step:
-            kept.append(line + "\n")
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(kept))
-    tmp.replace(path)
 
 
 def train_rl(runner: RLRunner, resume: bool = False,
@@ -255,16 +179,12 @@ def train_rl(runner: RLRunner, resume: bool = False,
     validation metrics. The runner keeps its engines (already holding the final weights).
     `on_step(step, stats)`, if given, sees each step's logged stats (with val_rmse on eval steps),
     e.g. for Ray Tune reporting; raising from it stops the loop."""
-    from rlreg.actors.learner import LearnerLost
-    from rlreg.train.export import atomic_replace_dir, copy_model_extras
-    from rlreg.train.logger import RunLogger, progress
-
-    rl, run_dir = runner.cfg.rl, runner.run_dir
+    rl, run = runner.cfg.rl, RunDir(runner.run_dir)
     if resume:
         print(f"rl: resumed at step {runner.step_index}" if runner.restore()
               else "rl: no RL checkpoint in the run directory; RL starts at step 0")
-        truncate_log(run_dir / "rl_log.jsonl", runner.step_index)
-    logger = RunLogger(run_dir, "rl")
+        checkpoints.truncate_log(run.log("rl"), runner.step_index)
+    logger = RunLogger(run.path, "rl")
 
     def recover(err: LearnerLost) -> None:
         nonlocal logger
@@ -272,8 +192,8 @@ def train_rl(runner: RLRunner, resume: bool = False,
         runner.recover_learner(err)
         bar.write(f"rl: learner group restored at step {runner.step_index}")
         logger.close()
-        truncate_log(logger.path, runner.step_index)
-        logger = RunLogger(run_dir, "rl")
+        checkpoints.truncate_log(logger.path, runner.step_index)
+        logger = RunLogger(run.path, "rl")
         bar.n = runner.step_index
         bar.refresh()
 
@@ -306,10 +226,10 @@ def train_rl(runner: RLRunner, resume: bool = False,
     finally:
         bar.close()
         logger.close()
-    final_dir = run_dir / "rl_model"
+    final_dir = run.rl_model
     tmp = final_dir.with_name(final_dir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)  # left by a crash: start the directory afresh
-    runner.learner.save_model(str(tmp))
+    runner.learner.call("save_model", str(tmp), what="saving the model")
     copy_model_extras(runner.start_model_dir, tmp)
-    atomic_replace_dir(tmp, final_dir)
+    replace_dir(tmp, final_dir)
     return final_dir, last_val

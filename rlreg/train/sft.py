@@ -2,55 +2,58 @@
 group, with early stopping on validation loss. Returns the best model's directory."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+import shutil
 from pathlib import Path
 
 import numpy as np
 
-from rlreg.errors import ConfigError
+from rlreg.actors.learner import LearnerGroup, merge_stats
+from rlreg.algos.experience import LearnerBatch
+from rlreg.data.batches import BatchCursor
+from rlreg.io import replace_dir
+from rlreg.rundir import RunDir
+from rlreg.train.export import copy_model_extras
+from rlreg.train.logger import RunLogger, progress
 
-LOSSES = ("ce", "ntl_was", "dist2")
 
-
-def sft_options(cfg: SFTConfig) -> dict:
-    return {"loss": cfg.loss, "ntl_weight": cfg.ntl_weight, "dist2_sigma": cfg.dist2_sigma}
+def _stats(group: LearnerGroup, method: str, batch: LearnerBatch, options, what: str) -> dict:
+    return merge_stats(group.call(method, "sft", options, batch=batch, what=what), batch.shard_sizes(group.world_size))
 
 
 def run_sft(cfg, task, run_dir: Path) -> Path:
-    from rlreg.actors.learner import LearnerGroup
-    from rlreg.train.export import atomic_replace_dir, copy_model_extras
-    from rlreg.train.logger import RunLogger, progress
-
     sft = cfg.sft
-    best_dir = Path(run_dir) / "sft_model"
+    run = RunDir(run_dir)
+    best_dir = run.sft_model
     group = LearnerGroup(task.model_dir, cfg.learner, sft.lr, sft.steps, cfg.ray, seed=cfg.seed)
-    logger = RunLogger(run_dir, "sft")
-    options = sft_options(sft)
+    logger = RunLogger(run.path, "sft")
+    options = sft.loss_options()
     cursor = BatchCursor(len(task.prompts["train"]), sft.batch_size, cfg.seed)
-    val_batch = {**task.inputs("val"), "tokens": task.target_tokens["val"]}
+    val_batch = LearnerBatch.of(task.inputs("val"), task.target_tokens["val"])
     best, stale = float("inf"), 0
     bar = progress(sft.steps, "sft")
     try:
         for step in range(sft.steps):
             bar.update(1)
             idx = cursor.next()
-            stats = group.step("sft", {**task.inputs("train", idx), "tokens": task.target_tokens["train"][idx]},
-                               options)
+            batch = LearnerBatch.of(task.inputs("train", idx), task.target_tokens["train"][idx])
+            stats = _stats(group, "step", batch, options, "learner sft step")
             logger.log(step, stats, "train")
             bar.set_postfix(loss=f"{stats['loss']:.4f}", best_val=f"{best:.4g}", refresh=False)
             if (step + 1) % sft.eval_every and step + 1 != sft.steps:
                 continue
-            val = group.evaluate("sft", val_batch, options)
-            greedy_values, _ = task.decode(task.hf_tokens(group.greedy(val_batch)))
+            val = _stats(group, "evaluate", val_batch, options, "learner sft eval")
+            greedy = np.concatenate(group.call("greedy", batch=val_batch, what="learner greedy decode"))
+            greedy_values, _ = task.decode(task.hf_tokens(greedy))
             val["greedy_rmse"] = float(np.sqrt(np.nanmean((greedy_values - task.y["val"]) ** 2)))
             logger.log(step, val, "val")
             score = val["greedy_rmse"] if sft.select_by == "rmse" else val["loss"]
             if score < best - 1e-9:
                 best, stale = score, 0
                 tmp = best_dir.with_name(best_dir.name + ".tmp")
-                group.save_model(str(tmp))
+                shutil.rmtree(tmp, ignore_errors=True)  # left by a crash: start the directory afresh
+                group.call("save_model", str(tmp), what="saving the model")
                 copy_model_extras(task.model_dir, tmp)
-                atomic_replace_dir(tmp, best_dir)
+                replace_dir(tmp, best_dir)
             else:
                 stale += 1
                 if stale >= sft.patience:

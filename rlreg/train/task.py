@@ -13,7 +13,7 @@ from rlreg.data import Dataset, load_dataset
 from rlreg.data.preprocess import TabularPreprocessing
 from rlreg.data.render import FeatureStats, column_values, feature_matrix, fit_feature_stats, prompt_corpus, \
     render_prompts
-from rlreg.data.rows import Rows
+from rlreg.data.rows import Rows, is_missing
 from rlreg.data.splits import Splits
 from rlreg.errors import ConfigError, DataError
 from rlreg.io import write_json
@@ -216,8 +216,6 @@ def _rows_dataset(checkpoint: Checkpoint, rows: Rows) -> Dataset:
 
 
 def _texts(rows: Rows) -> list[str]:
-    from rlreg.data.rows import is_missing
-
     out = []
     for row, where in zip(rows.values, rows.where):
         value = row.get(TEXT_COLUMN)
