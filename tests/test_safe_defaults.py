@@ -215,14 +215,16 @@ def test_safe_defaults_crash_mid_checkpoint_keeps_the_last_complete_one(tmp_path
     if crash == "in the learner's files":
         runner.learner.fail_after_files = 1
     else:
-        real_replace = Path.replace
+        import os
 
-        def replace(self, target):
-            if Path(target).name == "latest.json":
+        real_replace = os.replace  # rlreg.io renames with os.replace
+
+        def replace(src, dst):
+            if Path(dst).name == "latest.json":
                 raise OSError("killed (injected)")
-            return real_replace(self, target)
+            return real_replace(src, dst)
 
-        monkeypatch.setattr(Path, "replace", replace)
+        monkeypatch.setattr(os, "replace", replace)
     with pytest.raises(OSError, match="injected"):
         runner.save_checkpoint()
     monkeypatch.undo()
