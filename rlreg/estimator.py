@@ -21,8 +21,8 @@ from rlreg.data.memory import drop_arrays, put_arrays
 from rlreg.data.rows import rows_from_arrays
 from rlreg.data.splits import split_indices
 from rlreg.errors import DataError
-from rlreg.evaluate.aggregate import aggregate, sample_interval
-from rlreg.evaluate.calibration import Calibration, check_alpha
+from rlreg.evaluate.aggregate import aggregate
+from rlreg.evaluate.calibration import check_alpha, prediction_interval, stored_calibration
 from rlreg.evaluate.sampling import sample_values
 from rlreg.model.checkpoint import load_checkpoint
 from rlreg.train.pipeline import run_train
@@ -186,15 +186,10 @@ class RLRegressor(RegressorMixin, BaseEstimator):
         1 − alpha/2 quantiles of each row's K samples. `interval_kind_` says which was used."""
         alpha = check_alpha(alpha)
         draws = self._draw(X)  # also loads the checkpoint
-        calibration = self._calibration() if calibrated else None
+        calibration = stored_calibration(self._checkpoint) if calibrated else None
         self.interval_kind_ = "calibrated" if calibration is not None else "sample"
-        if calibration is not None:
-            return calibration.interval(*draws, alpha)
-        return sample_interval(*draws, alpha=alpha)
+        return prediction_interval(*draws, alpha, calibration)
 
-    def _calibration(self) -> Calibration | None:
-        data = self._checkpoint.info.get("calibration")
-        return None if data is None else Calibration.from_dict(data, f"{self.checkpoint_}/task.json: calibration")
 
     # --- lifecycle ---
 

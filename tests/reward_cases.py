@@ -26,6 +26,10 @@ def slow(pred, target, **columns):
     time.sleep(5)
     return -np.abs(pred - target)
 
+def by_weight(pred, target, *, weight):
+    # a custom reward that names the data column it reads
+    return -np.abs(pred - target) * weight
+
 def hangs(pred, target, **columns):
     time.sleep(30)
     return -np.abs(pred - target)

@@ -18,10 +18,10 @@ def setup(tmp_path_factory):
     return reward_case(tmp_path_factory.mktemp("rewards"))
 
 
-def make_pool(setup, fn, **kw):
+def make_pool(setup, fn, columns=(), **kw):
     path, tok, scaler, _, _ = setup
     cfg = RewardConfig(fn=f"{path}:{fn}" if fn not in ("neg_mse",) else fn, workers=2, timeout_s=2.0, **kw)
-    return RewardPool(tok.describe(), scaler.state_dict(), cfg, RayConfig(call_timeout_s=60))
+    return RewardPool(tok.describe(), scaler.state_dict(), cfg, RayConfig(call_timeout_s=60), list(columns))
 
 
 def test_neg_mse_in_z_space_and_invalid_penalty(ray_session, setup):
@@ -50,6 +50,31 @@ def test_user_function_by_file_path_in_original_units(ray_session, setup):
     finally:
         pool.shutdown()
     np.testing.assert_allclose(out["rewards"], -0.5 * np.abs(out["pred"] - targets))
+
+
+def test_custom_reward_receives_the_columns_it_names_masked_to_valid_samples(ray_session, setup):
+    """TRL-style contract: the row's data columns reach a custom reward as keywords, row-aligned
+    with pred/target over the valid samples only; columns it does not name are not sent."""
+    from rlreg.actors.reward import accepted_columns
+    from rlreg.algos.rewards import load_reward
+
+    path, _, _, targets, ids = setup
+    assert accepted_columns(load_reward(f"{path}:by_weight"), f"{path}:by_weight", ["weight", "age"]) == ["weight"]
+    assert accepted_columns(load_reward(f"{path}:half_error"), f"{path}:half_error", ["weight", "age"]) == \
+        ["weight", "age"]  # **columns: all of them
+    assert accepted_columns(load_reward("neg_mse"), "neg_mse", ["weight"]) == []  # the registry's own: none
+    pool = make_pool(setup, "by_weight", columns=["weight", "age"], space="original", invalid_penalty=-7.0)
+    try:
+        bad = ids.copy()
+        bad[1, 0] = 99  # invalid: its weight must not reach the function
+        weight = np.array([1.0, 100.0, 2.0, 3.0])
+        out = pool.score(bad, targets, {"weight": weight, "age": np.array(["a", "b", "c", "d"], dtype=object)})
+    finally:
+        pool.shutdown()
+    assert pool.columns == ["weight"]
+    assert out["rewards"][1] == -7.0 and out["failed"].sum() == 0
+    keep = [0, 2, 3]
+    np.testing.assert_allclose(out["rewards"][keep], -np.abs(out["pred"][keep] - targets[keep]) * weight[keep])
 
 
 @pytest.mark.parametrize("fn, failed, message", [

@@ -5,6 +5,7 @@ with a time limit and turns a dead or hung rank into LearnerLost; callers merge 
 results (merge_stats for stats, np.concatenate for arrays)."""
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,8 @@ from rlreg.actors import session
 from rlreg.actors.session import ActorFailed, get_with_timeout, require_resources, wait_for_actors
 from rlreg.algos.experience import LearnerBatch
 from rlreg.errors import RemoteTimeout
+from rlreg.io import replace_dir
+from rlreg.model.checkpoint import copy_model_extras
 
 
 class LearnerLost(ActorFailed):
@@ -104,6 +107,16 @@ class LearnerGroup:
         status, weights = zip(*[r.publish.options(num_returns=2).remote() for r in self.ranks])
         self._get(list(status), "learner weight gather")
         return weights[0]
+
+    def save_model(self, out_dir: Path, extras_from: Path) -> Path:
+        """The current model as a complete model directory at out_dir, swapped in whole: the
+        learner writes the weights into a temporary directory, the tokenizer and rlreg's metadata
+        come from `extras_from` (the directory the training started from)."""
+        tmp = out_dir.with_name(out_dir.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)  # left by a crash: start the directory afresh
+        self.call("save_model", str(tmp), what="saving the model")
+        copy_model_extras(extras_from, tmp)
+        return replace_dir(tmp, out_dir)
 
     # What rlreg.train.checkpoints (and its test doubles) call on a learner.
     def save_checkpoint(self, ckpt_dir: str, tag: str, client_state: dict) -> None:

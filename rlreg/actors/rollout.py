@@ -15,7 +15,8 @@ from safetensors import safe_open
 
 from rlreg import device
 from rlreg.actors.config import RayConfig
-from rlreg.actors.session import ActorFailed, actor_env, get_with_timeout, require_resources, wait_for_actors
+from rlreg.actors import session
+from rlreg.actors.session import ActorFailed, get_with_timeout, require_resources, wait_for_actors
 from rlreg.errors import RemoteTimeout
 from rlreg.model.build import ModelMeta
 from rlreg.model.config import EngineConfig
@@ -100,7 +101,8 @@ class RolloutGroup:
         self._cls = ray.remote(RolloutWorker).options(
             num_cpus=ray_cfg.rollout_cpus, num_gpus=device.ray_gpus_per_actor(1.0),
             resources=dict(ray_cfg.rollout_resources),
-            runtime_env={"env_vars": {**device.engine_env(), **actor_env()}},
+            # session.actor_env looked up at call time: benchmarks/scaling.py stands in for it there.
+            runtime_env={"env_vars": {**device.engine_env(), **session.actor_env()}},
         )
         self.workers = [self._cls.remote(*self._args) for _ in range(workers)]
         wait_for_actors([w.ready.remote() for w in self.workers], ray_cfg.actor_start_timeout_s,

@@ -16,8 +16,8 @@ from rlreg.actors.session import ensure_ray
 from rlreg.config import load_config
 from rlreg.configlib import to_mapping
 from rlreg.errors import ConfigError
-from rlreg.evaluate.aggregate import aggregate, choose_aggregation, sample_interval
-from rlreg.evaluate.calibration import check_alphas, interval_report
+from rlreg.evaluate.aggregate import aggregate, choose_aggregation
+from rlreg.evaluate.calibration import check_alphas, interval_report, prediction_interval
 from rlreg.evaluate.metrics import evaluate_samples
 from rlreg.evaluate.plots import parity_plot, residual_plot
 from rlreg.evaluate.report import REPORT_COLUMNS, format_table, report_row, write_metrics_json
@@ -104,8 +104,7 @@ def _plots(task, values, valid, how: str, split: str, run: RunDir, k: int, calib
     yhat = aggregate(values, valid, how)
     if not np.isfinite(yhat).any():
         return []  # nothing decoded: the JSON says so (n_no_valid); a plot would be empty
-    lo, hi = (calibration.interval(values, valid, 0.1) if calibration is not None
-              else sample_interval(values, valid, alpha=0.1))
+    lo, hi = prediction_interval(values, valid, 0.1, calibration)
     name = task.dataset.name
     return [str(parity_plot(task.y[split], yhat, run.plot(f"eval_{split}_parity"),
                             f"{name} {split} ({how} of {k})", lo=lo, hi=hi)),

@@ -17,10 +17,10 @@ from rlreg.config import load_config
 from rlreg.data.rows import read_rows, write_rows
 from rlreg.errors import ConfigError, DataError
 from rlreg.evaluate.aggregate import AGGREGATIONS
-from rlreg.evaluate.calibration import Calibration, check_alpha
+from rlreg.evaluate.calibration import check_alpha, stored_calibration
 from rlreg.evaluate.sampling import sample_values, summarise
 from rlreg.model.checkpoint import Checkpoint, load_checkpoint
-from rlreg.rundir import ModelFiles, RunDir
+from rlreg.rundir import RunDir
 from rlreg.train.task import PREDICT, task_for_rows
 
 PREDICTION_COLUMNS = ("prediction", "lower", "upper", "samples_valid")
@@ -45,13 +45,6 @@ def resolve_aggregation(checkpoint: Checkpoint, given: str | None) -> tuple[str,
     return "mean", "default"
 
 
-def stored_calibration(checkpoint: Checkpoint) -> Calibration | None:
-    """The split-conformal calibration the run recorded in task.json, if any (older checkpoints
-    and runs without validation samples have none: their intervals are the raw sample ones)."""
-    data = checkpoint.info.get("calibration")
-    if data is None:
-        return None
-    return Calibration.from_dict(data, f"{checkpoint.model_dir / ModelFiles.TASK}: calibration")
 
 
 def _sampling_config(overrides: Sequence[str]):

@@ -32,6 +32,7 @@ import numpy as np
 
 from rlreg.errors import ConfigError
 from rlreg.evaluate.aggregate import AGGREGATIONS, aggregate, effective_mask, sample_interval
+from rlreg.rundir import ModelFiles
 
 METHOD = "split-conformal |y - aggregate| / sample std"
 FLOOR_FRACTION = 1e-3
@@ -171,3 +172,22 @@ def interval_report(values: np.ndarray, valid: np.ndarray | None, y: np.ndarray,
                                  "q": calibration.quantile(alpha)}
         out[f"{alpha:g}"] = row
     return out
+
+
+def prediction_interval(values: np.ndarray, valid: np.ndarray | None, alpha: float,
+                        calibration: Calibration | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(lower, upper) at level 1 − alpha: the calibrated interval when a calibration is given, else
+    the central 1 − alpha interval of each row's samples."""
+    if calibration is not None:
+        return calibration.interval(values, valid, alpha)
+    return sample_interval(values, valid, alpha=alpha)
+
+
+def stored_calibration(checkpoint) -> Calibration | None:
+    """The calibration a run recorded in its checkpoint's task.json (rlreg.model.checkpoint), if
+    any: older checkpoints and runs without validation samples have none, and their intervals
+    are the raw sample ones."""
+    data = checkpoint.info.get("calibration")
+    if data is None:
+        return None
+    return Calibration.from_dict(data, f"{checkpoint.model_dir / ModelFiles.TASK}: calibration")

@@ -7,8 +7,9 @@ from pathlib import Path
 import numpy as np
 
 from rlreg.baselines.classical import classical_predictions
-from rlreg.evaluate.aggregate import aggregate, choose_aggregation, effective_mask, sample_interval
-from rlreg.evaluate.calibration import Calibration, check_alphas, fit_calibration, interval_report
+from rlreg.evaluate.aggregate import aggregate, choose_aggregation, effective_mask
+from rlreg.evaluate.calibration import (Calibration, check_alphas, fit_calibration, interval_report,
+                                        prediction_interval)
 from rlreg.evaluate.config import EvalConfig
 from rlreg.evaluate.metrics import evaluate_point, evaluate_samples
 from rlreg.rundir import RunDir
@@ -25,8 +26,7 @@ def summarise(values: np.ndarray, valid: np.ndarray, aggregation: str, alpha: fl
               calibration: Calibration | None = None) -> dict[str, np.ndarray]:
     """prediction, lower, upper and samples_valid per row; the interval is the calibrated one when
     a calibration is given, else the central 1 − alpha sample interval."""
-    lower, upper = (calibration.interval(values, valid, alpha) if calibration is not None
-                    else sample_interval(values, valid, alpha))
+    lower, upper = prediction_interval(values, valid, alpha, calibration)
     return {"prediction": aggregate(values, valid, aggregation), "lower": lower, "upper": upper,
             "samples_valid": effective_mask(values, valid).sum(axis=1)}
 
@@ -61,8 +61,7 @@ def evaluate_model(rollout, task, eval_cfg: EvalConfig, out_dir: Path | None = N
 
         values, valid = drawn["test"]
         yhat = aggregate(values, valid, how)
-        lo, hi = (calibration.interval(values, valid, 0.1) if calibration is not None
-                  else sample_interval(values, valid, alpha=0.1))
+        lo, hi = prediction_interval(values, valid, 0.1, calibration)
         name, run = f"{label}_" if label else "", RunDir(out_dir)
         parity_plot(task.y["test"], yhat, run.plot(f"{name}parity_test"),
                     f"{task.dataset.name} test ({label or 'model'}, {how} of {eval_cfg.samples})", lo=lo, hi=hi)

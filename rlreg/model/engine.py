@@ -15,7 +15,6 @@ import numpy as np
 from rlreg import device
 from rlreg.model.build import encoder_spec
 from rlreg.model.config import EngineConfig
-from rlreg.errors import ConfigError
 
 
 @dataclass

@@ -5,7 +5,6 @@ update(s) → weight sync → log. Checkpoints: rlreg.train.checkpoints."""
 from __future__ import annotations
 
 import contextlib
-import shutil
 import time
 from pathlib import Path
 from typing import Callable, Iterator
@@ -22,10 +21,8 @@ from rlreg.algos.experience import LearnerBatch, make_experience
 from rlreg.data.batches import BatchCursor
 from rlreg.evaluate.aggregate import aggregate
 from rlreg.evaluate.sampling import sample_values
-from rlreg.io import replace_dir
 from rlreg.rundir import RunDir
 from rlreg.train import checkpoints
-from rlreg.train.export import copy_model_extras
 from rlreg.train.logger import RunLogger, progress
 
 
@@ -75,12 +72,10 @@ class RLRunner:
         self.start_model_dir = Path(start_model_dir)
         rl = cfg.rl
         self.rollout = RolloutGroup(start_model_dir, cfg.engine, cfg.model.max_positions, cfg.ray, rl.rollout_workers)
-        column_names = list(task.columns("train", [0]))
         self.rewards = RewardPool(task.number_tokenizer.describe(), task.scaler.state_dict(), cfg.reward, cfg.ray,
-                                  column_names)
+                                  task.column_names)
         self.learner = self.start_learner()
-        self.cursor = BatchCursor(len(task.prompts["train"]), rl.batch_size, cfg.seed + 1)
-        self.step_index = 0
+        self.cursor, self.step_index = self._fresh_cursor(), 0
         self.learner_restarts = 0
 
     def start_learner(self) -> LearnerGroup:
@@ -88,17 +83,21 @@ class RLRunner:
         return LearnerGroup(self.start_model_dir, self.cfg.learner, rl.lr, rl.steps * rl.ppo_epochs, self.cfg.ray,
                             seed=self.cfg.seed)
 
+    def _fresh_cursor(self) -> BatchCursor:
+        return BatchCursor(len(self.task.prompts["train"]), self.cfg.rl.batch_size, self.cfg.seed + 1)
+
     def start_over(self) -> None:
         """Step 0 on the start model: the data cursor afresh, the engines back to the learner's weights."""
-        self.step_index = 0
-        self.cursor = BatchCursor(len(self.task.prompts["train"]), self.cfg.rl.batch_size, self.cfg.seed + 1)
+        self.cursor, self.step_index = self._fresh_cursor(), 0
         self.sync()
 
     # -- one step -----------------------------------------------------------------------------
     def step(self) -> dict:
         rl, task, timings = self.cfg.rl, self.task, Timings()
         idx = self.cursor.next()
-        inputs, y, columns = task.inputs("train", idx), task.y["train"][idx], self._columns(idx)
+        inputs, y = task.inputs("train", idx), task.y["train"][idx]
+        # Only a reward function that takes data columns gets them: none are built for the others.
+        columns = task.columns("train", idx) if self.rewards.columns else None
         with timings("time_rollout"):
             samples = self.rollout.sample(inputs, task.allowed_hf, rl.group_size, rl.temperature)
             greedy = self.rollout.sample(inputs, task.allowed_hf, 1, 0.0) if needs_greedy(rl.advantage) else None
@@ -117,9 +116,6 @@ class RLRunner:
                 self.sync()
         return stats | sample_stats(scored, y) | timings.seconds
 
-    def _columns(self, idx: np.ndarray) -> dict[str, np.ndarray] | None:
-        # The rows' data columns, for reward functions that take them (Task.columns is new: guarded).
-        return self.task.columns("train", idx) if hasattr(self.task, "columns") else None
 
     def _score(self, hf_ids: np.ndarray, y: np.ndarray, columns: dict | None) -> dict:
         """The reward pool's results for samples [B, n, L] of the batch's rows, shaped [B, n], with
@@ -226,10 +222,4 @@ def train_rl(runner: RLRunner, resume: bool = False,
     finally:
         bar.close()
         logger.close()
-    final_dir = run.rl_model
-    tmp = final_dir.with_name(final_dir.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)  # left by a crash: start the directory afresh
-    runner.learner.call("save_model", str(tmp), what="saving the model")
-    copy_model_extras(runner.start_model_dir, tmp)
-    replace_dir(tmp, final_dir)
-    return final_dir, last_val
+    return runner.learner.save_model(run.rl_model, runner.start_model_dir), last_val

@@ -2,7 +2,6 @@
 group, with early stopping on validation loss. Returns the best model's directory."""
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -10,9 +9,7 @@ import numpy as np
 from rlreg.actors.learner import LearnerGroup, merge_stats
 from rlreg.algos.experience import LearnerBatch
 from rlreg.data.batches import BatchCursor
-from rlreg.io import replace_dir
 from rlreg.rundir import RunDir
-from rlreg.train.export import copy_model_extras
 from rlreg.train.logger import RunLogger, progress
 
 
@@ -49,11 +46,7 @@ def run_sft(cfg, task, run_dir: Path) -> Path:
             score = val["greedy_rmse"] if sft.select_by == "rmse" else val["loss"]
             if score < best - 1e-9:
                 best, stale = score, 0
-                tmp = best_dir.with_name(best_dir.name + ".tmp")
-                shutil.rmtree(tmp, ignore_errors=True)  # left by a crash: start the directory afresh
-                group.call("save_model", str(tmp), what="saving the model")
-                copy_model_extras(task.model_dir, tmp)
-                replace_dir(tmp, best_dir)
+                group.save_model(best_dir, task.model_dir)
             else:
                 stale += 1
                 if stale >= sft.patience:

@@ -15,7 +15,7 @@ from rlreg.data.render import FeatureStats, column_values, feature_matrix, fit_f
     render_prompts
 from rlreg.data.rows import Rows, is_missing
 from rlreg.data.splits import Splits
-from rlreg.errors import ConfigError, DataError
+from rlreg.errors import DataError
 from rlreg.io import write_json
 from rlreg.model.build import build_model_dir
 from rlreg.model.checkpoint import TEXT_COLUMN, Checkpoint, load_checkpoint
@@ -69,6 +69,11 @@ class Task:
         if self.features is not None:
             out["features"] = self.features[split][rows]
         return out
+
+    @property
+    def column_names(self) -> list[str]:
+        """The names `columns` returns."""
+        return [TEXT_COLUMN] if self.dataset.kind == "text" else list(self.dataset.source_columns)
 
     def columns(self, split: str, rows=None) -> dict[str, np.ndarray]:
         """The rows' data columns by name (what a custom reward function receives as keywords):
@@ -145,12 +150,7 @@ def prepare_task(cfg, run_dir: RunDir | Path, model_dir: Path | None = None) -> 
     # A given model keeps the scaler it was trained with: its number tokens mean that scaling.
     checkpoint = load_checkpoint(model_dir, expected_scaler=cfg.numbers.scaler)
     target_tokens = _encode_all(checkpoint.number_tokenizer, checkpoint.scaler, dataset, y)
-    if cfg.data.input == "vector":
-        features = _vector_inputs(checkpoint, dataset, splits)
-        prompts = {name: [checkpoint.codec.vector_prompt()] * len(idx) for name, idx in splits.items()}
-    else:
-        features = None
-        prompts = {name: checkpoint.codec.encode(render_prompts(dataset, idx, cfg.data)) for name, idx in splits.items()}
+    prompts, features = _model_inputs(checkpoint, dataset, splits, cfg.data)
     return Task(checkpoint=checkpoint, dataset=dataset, prompts=prompts, y=y, target_tokens=target_tokens,
                 features=features)
 
@@ -171,12 +171,18 @@ def _build_encoder(cfg, dataset: Dataset, model_dir: Path) -> None:
     save_encoder_stats(model_dir, stats.mean, stats.std)
 
 
-def _vector_inputs(checkpoint: Checkpoint, dataset: Dataset, splits: dict) -> dict[str, np.ndarray]:
+def _model_inputs(checkpoint: Checkpoint, dataset: Dataset, splits: dict[str, np.ndarray],
+                  data_cfg) -> tuple[dict[str, list[list[int]]], dict[str, np.ndarray] | None]:
+    """(prompt ids, feature vectors or None) per split, as the model reads its rows: text prompts, or
+    for vector input placeholder prompts plus features standardised with the encoder's train stats."""
+    if data_cfg.input != "vector":
+        return {name: checkpoint.codec.encode(render_prompts(dataset, idx, data_cfg)) for name, idx in splits.items()}, None
     stats = checkpoint.feature_stats
     if stats is None:
         raise DataError(f"data.input=vector but {checkpoint.model_dir} has no feature encoder (it was built "
                         f"for text input)")
-    return {name: feature_matrix(dataset, idx, FeatureStats(*stats)) for name, idx in splits.items()}
+    features = {name: feature_matrix(dataset, idx, FeatureStats(*stats)) for name, idx in splits.items()}
+    return {name: [checkpoint.codec.vector_prompt()] * len(idx) for name, idx in splits.items()}, features
 
 
 def task_for_rows(checkpoint: Checkpoint, rows: Rows) -> Task:
@@ -186,17 +192,8 @@ def task_for_rows(checkpoint: Checkpoint, rows: Rows) -> Task:
     if missing:
         raise DataError(f"{rows.label}: missing input column(s) {', '.join(map(repr, missing))}; the "
                         f"checkpoint expects: {', '.join(checkpoint.input_columns)}")
-    dataset, every = _rows_dataset(checkpoint, rows), np.arange(len(rows.values))
-    data_cfg = checkpoint.data_cfg
-    features = None
-    if data_cfg.input == "vector":
-        stats = checkpoint.feature_stats
-        if stats is None:
-            raise ConfigError(f"checkpoint {checkpoint.model_dir}: data.input=vector but no feature encoder there")
-        features = {PREDICT: feature_matrix(dataset, every, FeatureStats(*stats))}
-        prompts = {PREDICT: [checkpoint.codec.vector_prompt()] * len(every)}
-    else:
-        prompts = {PREDICT: checkpoint.codec.encode(render_prompts(dataset, every, data_cfg))}
+    dataset = _rows_dataset(checkpoint, rows)
+    prompts, features = _model_inputs(checkpoint, dataset, {PREDICT: np.arange(len(rows.values))}, checkpoint.data_cfg)
     return Task(checkpoint=checkpoint, dataset=dataset, prompts=prompts, y={}, target_tokens={}, features=features)
 
 

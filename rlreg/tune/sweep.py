@@ -179,7 +179,7 @@ def _shared_start(cfg, run_dir: Path) -> tuple[str | None, float | None]:
     if not cfg.sft.enabled:
         return None, None
     sft_cfg = copy.deepcopy(cfg)
-    sft_cfg.run_dir = str(RunDir(run_dir).path / "sft")
+    sft_cfg.run_dir = str(Path(run_dir) / "sft")
     payload = run_supervised(sft_cfg, "sft")
     return str(Path(payload["checkpoint"]).resolve()), payload["val"].get("rmse")
 
@@ -221,9 +221,8 @@ def run_tune(cfg) -> dict:
     check_sweep(cfg)
     # Trials keep the launch directory, so relative paths in the config mean what they meant here.
     os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
-    run = RunDir.create(cfg, "tune")
-    run_dir = run.path.resolve()
-    run = RunDir(run_dir)
+    run = RunDir(RunDir.create(cfg, "tune").path.resolve())  # absolute: trials run elsewhere
+    run_dir = run.path
     cfg.run_dir = str(run_dir)
     print(f"run dir: {run_dir}")
     ensure_ray(cfg.ray)
