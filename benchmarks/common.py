@@ -97,7 +97,7 @@ def median(values: list[float]) -> float:
 
 def result(name: str, config: dict, medians: dict, raw: dict, ratio: float, ratio_means: str,
            load_before: list[float], notes: list[str] | None = None, **more: Any) -> dict:
-    """The JSON every benchmark writes (the schema tests/test_bench.py checks)."""
+    """The JSON every benchmark writes (the schema tests/bench/test_bench.py checks)."""
     return {"benchmark": name, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": machine_info(),
             "process": process_info(),
             "load_average": {"before": load_before, "after": load_average()}, "config": config,

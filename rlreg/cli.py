@@ -62,7 +62,17 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--samples", type=int, default=None, metavar="K", help="samples per input (default: the run's eval.samples)")
     ev.add_argument("--split", choices=("test", "val", "train"), default="test")
     ev.add_argument("--baselines", action="store_true", help="add HistGradientBoosting and Ridge on the same split")
+    ev.add_argument("--alpha", type=float, action="append", default=None, metavar="ALPHA",
+                    help="also report the 1-ALPHA intervals, raw and calibrated (repeatable; 0.1 is always reported)")
     ev.set_defaults(func=_command("eval"))
+
+    cmp = sub.add_parser("compare", help="finished runs side by side: metrics, the settings that differ, curves",
+                         epilog="Prints the test/validation metrics of each run and the config keys whose values "
+                                "differ; writes compare.json and compare.png (validation RMSE and mean reward "
+                                "over steps) into --output.")
+    cmp.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="finished `rlreg sft` / `rlreg train` runs")
+    cmp.add_argument("--output", default=".", metavar="DIR", help="where to write (default: the current directory)")
+    cmp.set_defaults(func=_command("compare"))
 
     pr = sub.add_parser("predict", help="predict new rows (CSV / JSONL) with a checkpoint, with intervals",
                         epilog="Input: the checkpoint's feature columns by name (a 'text' column for text sources); "

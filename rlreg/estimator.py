@@ -71,7 +71,7 @@ class RLRegressor(RegressorMixin, BaseEstimator):
     (`close()` stops it); repeated calls draw fresh samples, so predictions vary a little
     between calls (the `non_deterministic` tag).
 
-    scikit-learn's estimator checks: tests/test_sklearn.py runs the ones that need no
+    scikit-learn's estimator checks: tests/commands/test_sklearn.py runs the ones that need no
     successful fit — the API and input-validation checks (tags, repr, init/get/set_params,
     default construction, unfitted predict, 1-D / complex / empty / sparse / 1-sample X,
     NaN or inf y, y=None). The others are skipped: each fits at least once and most fit

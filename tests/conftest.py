@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 # Before anything imports vllm: run the engine inside this process (it starts in ~4 s, not ~30 s).
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
@@ -11,6 +12,10 @@ os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
 import pytest  # noqa: E402
 
 from rlreg.config import load_config  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+# The workplace data lives beside the clone (read in place, never copied).
+SHARED_DATA = REPO.parent / "shared" / "data"
 
 TINY = [
     "data.source=sklearn:diabetes", "data.max_rows=200", "model.layers=1", "model.hidden=64", "model.heads=2",
@@ -49,3 +54,16 @@ def ray_session():
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
+
+
+# The `engine` marker lets `pytest -m "not engine"` run the fast suite; it only works if every slow
+# test carries it, so a test that reaches these fixtures without the marker fails collection.
+SLOW_FIXTURES = {"engine", "ray_session"}
+
+
+def pytest_collection_modifyitems(config, items):
+    unmarked = [item.nodeid for item in items
+                if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())) and item.get_closest_marker("engine") is None]
+    if unmarked:
+        raise pytest.UsageError("mark these tests @pytest.mark.engine (they use the engine or ray_session "
+                                "fixture): " + ", ".join(unmarked))

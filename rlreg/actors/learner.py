@@ -51,6 +51,18 @@ class LearnerGroup:
         # Inside a Ray Tune trial, the trial's placement group already holds the ranks' resources
         # (rlreg.tune.sweep sizes it); a group of our own would wait for what the trial reserved.
         self._owns_placement = _enclosing_placement_group() is None
+        self.ranks: list = []
+        try:
+            self._start(model_dir, bundle, lr, total_steps, seed)
+        except BaseException:
+            # Ranks that started and a reserved placement group would otherwise hold the session's
+            # CPUs until it ends, and every later start in it would wait for them.
+            self.shutdown()
+            raise
+
+    def _start(self, model_dir, bundle: dict, lr: float, total_steps: int, seed: int) -> None:
+        cfg, ray_cfg = self.cfg, self.ray_cfg
+        self.placement = None
         if self._owns_placement:
             # One bundle per rank; PACK keeps ranks together when they fit, spreads them when not.
             self.placement = placement_group([bundle] * cfg.world_size, strategy="PACK")
@@ -128,7 +140,7 @@ class LearnerGroup:
     def shutdown(self) -> None:
         for rank in self.ranks:
             ray.kill(rank)
-        if self._owns_placement:
+        if self._owns_placement and self.placement is not None:
             remove_placement_group(self.placement)
             self._owns_placement = False  # shutdown may be called again (idempotent)
 

@@ -13,7 +13,7 @@ import numpy as np
 import ray
 
 from rlreg.actors.config import RayConfig, RewardConfig
-from rlreg.actors.session import ActorFailed, get_with_timeout, require_resources, wait_for_actors
+from rlreg.actors.session import ActorFailed, get_with_timeout, require_resources, wait_for_start
 from rlreg.algos.rewards import REWARDS, check_rewards, load_reward
 from rlreg.errors import RemoteTimeout
 from rlreg.numbers.registry import build_number_tokenizer
@@ -104,8 +104,8 @@ class RewardPool:
         self._args = (number_spec, scaler_state, cfg)
         self._cls = ray.remote(RewardWorker).options(num_cpus=ray_cfg.reward_cpus, max_restarts=2)
         self.workers = [self._cls.remote(*self._args) for _ in range(cfg.workers)]
-        wait_for_actors([w.ready.remote() for w in self.workers], ray_cfg.actor_start_timeout_s,
-                        f"starting {cfg.workers} reward actor(s)")
+        wait_for_start([w.ready.remote() for w in self.workers], ray_cfg.actor_start_timeout_s,
+                       f"starting {cfg.workers} reward actor(s)", self.shutdown)
         self.retries = 0
 
     def score(self, number_ids: np.ndarray, targets: np.ndarray, columns: dict | None = None) -> dict:

@@ -16,7 +16,7 @@ from safetensors import safe_open
 from rlreg import device
 from rlreg.actors.config import RayConfig
 from rlreg.actors import session
-from rlreg.actors.session import ActorFailed, get_with_timeout, require_resources, wait_for_actors
+from rlreg.actors.session import ActorFailed, get_with_timeout, require_resources, wait_for_start
 from rlreg.errors import RemoteTimeout
 from rlreg.model.build import ModelMeta
 from rlreg.model.config import EngineConfig
@@ -105,8 +105,8 @@ class RolloutGroup:
             runtime_env={"env_vars": {**device.engine_env(), **session.actor_env()}},
         )
         self.workers = [self._cls.remote(*self._args) for _ in range(workers)]
-        wait_for_actors([w.ready.remote() for w in self.workers], ray_cfg.actor_start_timeout_s,
-                        f"starting {workers} rollout worker(s) (vLLM engine)")
+        wait_for_start([w.ready.remote() for w in self.workers], ray_cfg.actor_start_timeout_s,
+                       f"starting {workers} rollout worker(s) (vLLM engine)", self.shutdown)
         self._weights_ref = None  # the last weights pushed: a replacement engine loads them
         self.restarts = 0
 
@@ -178,8 +178,8 @@ class RolloutGroup:
               file=sys.stderr, flush=True)
         ray.kill(self.workers[w], no_restart=True)  # a hung engine cannot be interrupted otherwise
         worker = self._cls.remote(*self._args)
-        wait_for_actors(worker.ready.remote(), self.ray_cfg.actor_start_timeout_s,
-                        f"restarting rollout worker {w} (vLLM engine)")
+        wait_for_start(worker.ready.remote(), self.ray_cfg.actor_start_timeout_s,
+                       f"restarting rollout worker {w} (vLLM engine)", lambda: ray.kill(worker))
         if self._weights_ref is not None:  # else it loaded the model directory the group started from
             get_with_timeout(worker.load_weights.remote(self._weights_ref), self.ray_cfg.call_timeout_s,
                              f"loading the current weights into restarted rollout worker {w}")

@@ -92,3 +92,13 @@ def wait_for_actors(refs: Any, timeout_s: float, what: str) -> Any:
         return get_with_timeout(refs, timeout_s, what)
     except RemoteTimeout as err:
         raise RemoteTimeout(f"{err}; {_cpu_report()} (other runs or actors may hold the rest)") from err
+
+
+def wait_for_start(refs: Any, timeout_s: float, what: str, release) -> Any:
+    """wait_for_actors; if the start fails, `release()` first: actors that did start would hold
+    their CPUs until the session ends, and every later start in the session would wait for them."""
+    try:
+        return wait_for_actors(refs, timeout_s, what)
+    except BaseException:
+        release()
+        raise

@@ -129,7 +129,6 @@ def _print(task, payload: dict, split: str, out: Path) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    alpha = getattr(args, "alpha", None)  # --alpha, once the parser offers it (rlreg/cli.py)
     run_eval(args.run_dir, split=args.split, samples=args.samples, baselines=args.baselines,
-             overrides=args.overrides, alphas=None if alpha is None else [alpha])
+             overrides=args.overrides, alphas=args.alpha)
     return 0

@@ -108,7 +108,8 @@ def prompt_embeddings(embed_matrix: torch.Tensor, encoder: FeatureEncoder, promp
                       features: np.ndarray, placeholder_id: int) -> list[torch.Tensor]:
     """Per-prompt [T, H] embeddings for the engine (vLLM's prompt_embeds input)."""
     with torch.no_grad():
-        soft = encoder(torch.as_tensor(np.asarray(features), dtype=torch.float32))
+        # A copy: features may be a read-only array from the Ray object store, which torch warns about.
+        soft = encoder(torch.tensor(np.asarray(features, dtype=np.float32)))
         out = []
         for i, prompt in enumerate(prompts):
             ids = torch.as_tensor(prompt, dtype=torch.long)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import numpy as np
 import torch
 
 from rlreg.model.shared_prefix import answer_logits_shared, prompt_runs
@@ -15,7 +16,8 @@ class NumberHead:
 
     def __init__(self, number_token_ids: Sequence[int], allowed, device: str | torch.device = "cpu"):
         self.token_ids = torch.as_tensor(list(number_token_ids), dtype=torch.long, device=device)
-        allowed = torch.as_tensor(allowed, dtype=torch.bool, device=device)
+        # A copy: `allowed` may be a read-only array from the Ray object store, which torch warns about.
+        allowed = torch.tensor(np.asarray(allowed), dtype=torch.bool, device=device)
         self.bias = torch.zeros(allowed.shape, device=device).masked_fill(~allowed, float("-inf"))
         self.length = allowed.shape[0]
 

@@ -16,6 +16,13 @@ def load(source: str, **kw):
     return load_dataset(DataConfig(source=source, **kw))
 
 
+def csv_error(path: Path) -> str:
+    """The message of the DataError that loading csv:PATH raises."""
+    with pytest.raises(DataError) as err:
+        load(f"csv:{path}")
+    return str(err.value)
+
+
 def write(path: Path, text: str) -> Path:
     path.write_text(text)
     return path
@@ -54,9 +61,7 @@ def test_bad_input_target_index_out_of_range(tmp_path: Path):
 def test_bad_input_non_numeric_target_names_line(tmp_path: Path):
     # header on line 1, a blank line 2, so the third data row sits on line 5
     path = write(tmp_path / "t.csv", "x,y\n\n1,10\n2,20\n3,abc\n4,40\n")
-    with pytest.raises(DataError) as err:
-        load(f"csv:{path}")
-    msg = str(err.value)
+    msg = csv_error(path)
     assert str(path) in msg and "'y'" in msg and "line 5" in msg and "'abc'" in msg
 
 
@@ -64,9 +69,7 @@ def test_bad_input_non_numeric_target_names_line(tmp_path: Path):
                                         ("-inf", "infinite")])
 def test_bad_input_nan_and_inf_targets(tmp_path: Path, value: str, word: str):
     path = write(tmp_path / "t.csv", f"x,y\n1,10\n2,{value}\n3,30\n")
-    with pytest.raises(DataError) as err:
-        load(f"csv:{path}")
-    msg = str(err.value)
+    msg = csv_error(path)
     assert str(path) in msg and "line 3" in msg and word in msg and "data.missing=drop" in msg
 
 
@@ -86,9 +89,7 @@ def test_bad_input_header_only_file(tmp_path: Path):
 
 def test_bad_input_missing_feature_under_error_policy(tmp_path: Path):
     path = write(tmp_path / "t.csv", "a,b,y\n1,2,3\n4,,6\n")
-    with pytest.raises(DataError) as err:
-        load(f"csv:{path}")
-    msg = str(err.value)
+    msg = csv_error(path)
     assert str(path) in msg and "'b'" in msg and "line 3" in msg and "data.missing" in msg
 
 

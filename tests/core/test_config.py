@@ -3,6 +3,7 @@ import pytest
 from rlreg.config import RunConfig, load_config
 from rlreg.configlib import apply_overrides, parse_override
 from rlreg.errors import ConfigError
+from conftest import REPO
 
 
 def test_defaults_validate():
@@ -71,7 +72,7 @@ def test_loading_every_example_config_imports_no_engine_or_ray():
     import sys
     from pathlib import Path
 
-    examples = sorted(str(p) for p in (Path(__file__).resolve().parents[1] / "examples").glob("*.yaml"))
+    examples = sorted(str(p) for p in (REPO / "examples").glob("*.yaml"))
     assert examples
     code = ("import json, sys\nfrom rlreg.config import load_config\n"
             "for path in sys.argv[1:]:\n    load_config(path)\n"

@@ -2,7 +2,7 @@
 a rollout engine that stops answering is killed and replaced (holding the current weights) and the
 call retried once, and a second hang stops with a clear error, each within its bound; a reward
 function that hangs is cut off and counted; a hung learner rank becomes LearnerLost, which the RL
-loop restores from (tests/test_faults.py)."""
+loop restores from (tests/actors/test_faults.py)."""
 from __future__ import annotations
 
 import ast
@@ -12,8 +12,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import REPO
 
-RLREG = Path(__file__).resolve().parents[1] / "rlreg"
+RLREG = REPO / "rlreg"
 CALL_TIMEOUT_S = 10.0  # what the hung engine is given before it is replaced (a healthy call: < 1 s)
 
 

@@ -25,10 +25,11 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from conftest import REPO
 
 pytestmark = pytest.mark.engine
 
-REPO = next(p for p in Path(__file__).resolve().parents if (p / "pyproject.toml").is_file())
+
 VENV_BIN = Path(sys.executable).parent
 JOB_TIMEOUT_S = 420
 TINY = [

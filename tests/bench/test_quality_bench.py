@@ -13,10 +13,11 @@ from pathlib import Path
 import pytest
 
 from benchmarks.quality.presets import METHODS, RL_METHODS, get_preset
+from conftest import SHARED_DATA
 
 pytestmark = pytest.mark.engine
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+SHARED = SHARED_DATA
 
 
 def _bench(output: Path) -> subprocess.CompletedProcess:

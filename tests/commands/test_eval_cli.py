@@ -84,8 +84,15 @@ def test_checkpoint_reloads_with_the_same_greedy_predictions(run, tmp_path):
 def test_eval_writes_its_own_json_and_plots(run, capsys):
     run_dir, payload = run
     before = (run_dir / "metrics.json").read_bytes()
-    assert main(["eval", str(run_dir), "--samples", "4", "--baselines"]) == 0
+    assert main(["eval", str(run_dir), "--samples", "4", "--baselines", "--alpha", "0.2", "--alpha", "0.5"]) == 0
     result = json.loads((run_dir / "eval_test.json").read_text())
+    # 0.1 always, then each --alpha asked; calibrated from the supervised run's validation scores.
+    assert list(result["model"]["intervals"]) == ["0.1", "0.2", "0.5"]
+    for key, row in result["model"]["intervals"].items():
+        assert row["nominal"] == pytest.approx(1 - float(key))
+        assert 0.0 <= row["raw"]["coverage"] <= 1.0 and row["calibrated"]["width"] > 0
+    widths = [row["calibrated"]["width"] for row in result["model"]["intervals"].values()]
+    assert widths == sorted(widths, reverse=True)  # a lower level never gives a wider interval
     assert result["split"] == "test" and result["aggregation_chosen_on"] == "val"
     assert result["model"]["n_rows"] == payload["test"]["n_rows"] and result["model"]["samples_per_row"] == 4
     # Same rows as the training run's report: the deterministic baselines score identically.

@@ -5,8 +5,9 @@ from __future__ import annotations
 import ast
 import collections
 from pathlib import Path
+from conftest import REPO
 
-ROOT = Path(__file__).resolve().parents[1] / "rlreg"
+ROOT = REPO / "rlreg"
 # Bottom to top. The leaves first; a config schema module (rlreg/config.py, rlreg/<pkg>/config.py)
 # may be imported from any layer, and imports no rlreg module above its own package.
 LAYERS = ["errors", "io", "configlib", "rundir", "device", "numbers", "data", "algos", "model", "actors",

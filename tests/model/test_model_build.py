@@ -39,6 +39,7 @@ def test_prompts_start_with_bos_and_end_with_answer_marker(tiny_task):
         assert not set(p[1:-1]) & set(meta.number_token_ids)
 
 
+@pytest.mark.engine
 def test_vllm_constrained_samples_always_decode(engine, tiny_task):
     prompts = tiny_task.prompts["val"][:6]
     samples = engine.sample(prompts, tiny_task.allowed_hf, n=8, temperature=1.5)
@@ -56,6 +57,7 @@ def test_vllm_constrained_samples_always_decode(engine, tiny_task):
     assert samples.logprobs.mean() > -np.log(len(allowed[0])) - 1.0
 
 
+@pytest.mark.engine
 def test_vllm_greedy_is_deterministic(engine, tiny_task):
     prompts = tiny_task.prompts["val"][:4]
     a = engine.sample(prompts, tiny_task.allowed_hf, n=1, temperature=0.0)

@@ -2,22 +2,22 @@
 exit code 2, `rlreg: error: ...` on stderr, no traceback), or in a counted, reported penalty.
 
 Cases here run through the real CLI entry point (`rlreg.cli.main`, what the `rlreg` script calls;
-one also as a `python -m rlreg` process, as tests/test_cli.py does) unless they are about values
+one also as a `python -m rlreg` process, as tests/core/test_cli.py does) unless they are about values
 produced mid-run (reward functions, decoded sequences), which go through the reward worker itself.
 
 Covered elsewhere (not repeated here), 41 more:
-- tests/test_config.py (7): unknown key with suggestion, unknown section, mistyped int/bool,
+- tests/core/test_config.py (7): unknown key with suggestion, unknown section, mistyped int/bool,
   out-of-range value, override syntax, bool-for-float, missing config file;
-- tests/test_data_bad_input.py (26): CSV missing/out-of-range target column, non-numeric / NaN /
+- tests/data/test_data_bad_input.py (26): CSV missing/out-of-range target column, non-numeric / NaN /
   inf targets with line numbers, empty and header-only files, missing features, ragged rows, file
   not found; UCI split indices out of range / beyond n_splits / overlapping, non-numeric data,
   unknown dataset; sqlcard line-count mismatch, non-numeric cardinality, misaligned lines; unknown
   source prefix / builtin, missing data dir, data.* values, prompt template field, vector input
   for a text source;
-- tests/test_cli.py (2): unknown key through the CLI, bad source in `rlreg data show`;
-- tests/test_reward_pool.py (6): reward functions that raise / return NaN / the wrong shape / hang,
+- tests/core/test_cli.py (2): unknown key through the CLI, bad source in `rlreg data show`;
+- tests/actors/test_reward_pool.py (6): reward functions that raise / return NaN / the wrong shape / hang,
   invalid sequences (penalty), a killed reward actor (on real Ray actors);
-- tests/test_predict.py and tests/test_eval_cli.py: bad prediction inputs and checkpoints."""
+- tests/commands/test_predict.py and tests/commands/test_eval_cli.py: bad prediction inputs and checkpoints."""
 from __future__ import annotations
 
 import subprocess
@@ -29,11 +29,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from reward_cases import reward_case
+from conftest import SHARED_DATA
 
 TINY = ["data.max_rows=200", "model.layers=1", "model.hidden=64", "model.heads=2", "model.prompt_vocab=300",
         "numbers.base=2", "numbers.length=6", "sft.enabled=false"]
 POWERS_OF_TEN = "x,y\n" + "".join(f"{i},{10.0 ** i}\n" for i in range(12))  # targets 1 .. 1e11
-SHARED_SQLCARD = Path(__file__).resolve().parents[2] / "shared" / "data" / "sqlcard" / "scale.sql"
+SHARED_SQLCARD = SHARED_DATA / "sqlcard" / "scale.sql"
 
 
 def run_cli(capsys, argv: list[str]) -> tuple[int, str]:

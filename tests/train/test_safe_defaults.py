@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 
 from rlreg.errors import ConfigError
+from conftest import REPO
 
-RLREG = Path(__file__).resolve().parents[1] / "rlreg"
+RLREG = REPO / "rlreg"
 LOOPBACK = ("127.0.0.1", "::1", "::ffff:127.0.0.1")
 
 SESSION_PROBE = textwrap.dedent("""

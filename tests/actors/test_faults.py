@@ -3,11 +3,12 @@ killed with `ray.kill` in the middle of a run:
 
 - rollout worker: RolloutGroup starts a replacement, loads the last published weights into it and
   retries the call; the step completes and the new engine samples from the learner's current policy;
-- reward actor: its chunk is scored again on a replacement (see also tests/test_reward_pool.py::
+- reward actor: its chunk is scored again on a replacement (see also tests/actors/test_reward_pool.py::
   test_killed_reward_actor_is_replaced_and_its_chunk_retried);
 - learner rank: the RL loop starts a new learner group, restores the last checkpoint (weights bit
   for bit), re-does the steps after it and logs each step once."""
 import json
+import time
 
 import numpy as np
 import pytest
@@ -98,3 +99,25 @@ def test_kill_learner_rank_restores_last_checkpoint_and_finishes(runner, monkeyp
     assert runner.step_index == runner.cfg.rl.steps and (final_dir / "model.safetensors").is_file()
     logged = [json.loads(line)["step"] for line in (runner.run_dir / "rl_log.jsonl").read_text().splitlines()]
     assert logged == [saved_step + 1, saved_step + 2]  # each step once, none lost
+
+
+def test_a_failed_learner_start_releases_what_it_reserved(ray_session, tmp_path):
+    """A learner group whose ranks fail to start (here: no model at the path) frees its ranks and
+    its placement group: a session left holding them made every later start wait for its timeout."""
+    import ray
+    from ray.util import placement_group_table
+
+    from rlreg.actors.learner import LearnerGroup
+
+    def reserved() -> set:
+        return {key for key, pg in placement_group_table().items() if pg["state"] == "CREATED"}
+
+    cfg = load_config(None, RL)
+    free_before, groups_before = ray.available_resources().get("CPU", 0), reserved()
+    with pytest.raises(Exception, match="no_model"):
+        LearnerGroup(tmp_path / "no_model", cfg.learner, 1e-3, 1, cfg.ray)
+    deadline = time.monotonic() + 30  # Ray frees a removed group's bundles asynchronously
+    while ray.available_resources().get("CPU", 0) < free_before and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert reserved() == groups_before
+    assert ray.available_resources().get("CPU", 0) == pytest.approx(free_before)

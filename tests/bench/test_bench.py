@@ -14,10 +14,11 @@ from pathlib import Path
 import pytest
 
 from rlreg.commands.bench import BENCHMARKS, missing_requirements
+from conftest import REPO
 
 CHEAP = ("learner", "rollout", "step")
 SELECTED = [name for name in CHEAP if not missing_requirements(name)]
-RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
+RESULTS = REPO / "benchmarks" / "results"
 
 
 def check_schema(data: dict, name: str) -> None:

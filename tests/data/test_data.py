@@ -16,6 +16,7 @@ from rlreg.data import (DataConfig, Dataset, feature_matrix, fit_feature_stats, 
 from rlreg.data.splits import carve_val, plan_rows, split_indices, subsample_within
 from rlreg.data.uci import read_index_file
 from rlreg.errors import ConfigError
+from conftest import REPO
 
 
 @pytest.fixture(scope="module")
@@ -295,4 +296,4 @@ def test_config_validation_names_the_key():
 
 def test_data_package_imports_no_torch():
     code = "import sys, rlreg.data; assert 'torch' not in sys.modules and 'vllm' not in sys.modules"
-    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[1])
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
