@@ -3,12 +3,16 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from typing import Sequence
 
+from rlreg import console
 from rlreg.commands.bench import BENCHMARKS
 from rlreg.errors import RlregError
 
+# -v may stand anywhere (users put it after the command); it is taken out before parsing.
+VERBOSE_FLAGS = ("-v", "--verbose")
 EPILOG = "Settings: any config key as dotted.key=value after the config file (e.g. model.layers=4 run_dir=runs/x)."
 
 
@@ -24,6 +28,9 @@ def _command(name: str):
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rlreg", description="Decoding-based regression trained by RL on Ray.",
                                      epilog=EPILOG)
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="also show what the engines, learner ranks, Ray and the libraries print "
+                             "(otherwise in RUN_DIR/logs/); accepted anywhere on the line")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     data = sub.add_parser("data", help="inspect data sources")
@@ -110,7 +117,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args, extra = parser.parse_known_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    verbose = any(a in VERBOSE_FLAGS for a in argv)
+    args, extra = parser.parse_known_args([a for a in argv if a not in VERBOSE_FLAGS])
+    console.set_verbose(verbose or console.verbose())
+    console.hush_libraries()
     # argparse stops filling a positional list at the first option, so `key=value` settings written
     # after options (`rlreg predict CKPT --input a.csv --output b.csv engine.seed=1`) arrive here.
     if extra and isinstance(getattr(args, "overrides", None), list) and all(
@@ -123,3 +134,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RlregError as err:
         print(f"rlreg: error: {err}", file=sys.stderr)
         return 2
+    except Exception:
+        # The traceback (an actor's included: Ray carries it) follows in full; say where the
+        # actors' own output went, which is where their side of the story is.
+        folder = os.environ.get(console.LOG_DIR_ENV)
+        if folder and not console.verbose():
+            print(f"rlreg: the engines', learner ranks' and reward actors' output is in {folder}/ "
+                  "(one file per role and pid; -v shows it here)", file=sys.stderr)
+        raise

@@ -16,7 +16,7 @@ from rlreg.errors import ConfigError
 from rlreg.evaluate.config import EvalConfig
 from rlreg.model.config import EngineConfig, ModelConfig
 from rlreg.numbers.config import NumbersConfig
-from rlreg.train.config import RLConfig, SFTConfig
+from rlreg.train.config import LogConfig, RLConfig, SFTConfig
 from rlreg.tune.config import TuneConfig, check_space_keys
 
 
@@ -35,6 +35,7 @@ class RunConfig:
     rl: RLConfig = field(default_factory=RLConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)  # only `rlreg tune` reads it
+    log: LogConfig = field(default_factory=LogConfig)  # MLflow / W&B tracking (off by default)
 
     def validate(self) -> None:
         check_space_keys(self.tune.space, RunConfig)

@@ -14,6 +14,7 @@ import numpy as np
 from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from rlreg import console
 from rlreg.actors.rollout import RolloutGroup
 from rlreg.actors.session import ensure_ray
 from rlreg.config import load_config
@@ -57,6 +58,10 @@ class RLRegressor(RegressorMixin, BaseEstimator):
     random_state : int or None
         Seeds the splits, the model initialisation, training and the sampling engine;
         None = the config's seeds.
+    verbose : int
+        0 (default): quiet, like scikit-learn's estimators (what the actors print goes to the run
+        directory's logs/); 1: rlreg's own lines, progress bars and results table; 2: also what
+        the engines, learner ranks and Ray print.
 
     Attributes
     ----------
@@ -83,7 +88,8 @@ class RLRegressor(RegressorMixin, BaseEstimator):
 
     def __init__(self, config: str | None = None, overrides: Sequence[str] = (), sft_steps: int | None = None,
                  rl_steps: int = 0, samples: int | None = None, validation_fraction: float = 0.1,
-                 test_fraction: float = 0.1, run_dir: str | None = None, random_state: int | None = None):
+                 test_fraction: float = 0.1, run_dir: str | None = None, random_state: int | None = None,
+                 verbose: int = 0):
         self.config = config
         self.overrides = overrides
         self.sft_steps = sft_steps
@@ -93,6 +99,7 @@ class RLRegressor(RegressorMixin, BaseEstimator):
         self.test_fraction = test_fraction
         self.run_dir = run_dir
         self.random_state = random_state
+        self.verbose = verbose
 
     # --- fit ---
 
@@ -104,7 +111,11 @@ class RLRegressor(RegressorMixin, BaseEstimator):
         key = put_arrays(X, y, names)
         try:
             cfg = self._run_config(key)
-            payload = run_train(cfg)
+            if self.verbose >= 2:
+                console.set_verbose(True)
+            console.hush_libraries()
+            with console.quiet(self.verbose < 1):
+                payload = run_train(cfg)
         finally:
             drop_arrays(key)  # run_train has loaded them; the checkpoint holds what predict needs
         self.config_ = cfg

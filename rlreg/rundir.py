@@ -78,6 +78,26 @@ class RunDir:
     def log(self, stage: str) -> Path:
         return self.path / f"{stage}_log.jsonl"
 
+    @property
+    def logs(self) -> Path:
+        """What the engines, learner ranks and reward actors print (rlreg.console)."""
+        return self.path / "logs"
+
+    @property
+    def mlflow_db(self) -> Path:
+        """log.mlflow's default tracking store (sqlite:///RUN_DIR/mlflow.db)."""
+        return self.path / "mlflow.db"
+
+    @property
+    def mlflow_artifacts(self) -> Path:
+        """Artifacts of the runs in a SQLite store beside it (MLflow's default: ./mlruns of the cwd)."""
+        return self.path / "mlartifacts"
+
+    @property
+    def wandb(self) -> Path:
+        """log.wandb's files: wandb.init(dir=RUN_DIR) writes them into RUN_DIR/wandb."""
+        return self.path / "wandb"
+
     def tensorboard(self, stage: str) -> Path:
         return self.path / "tensorboard" / stage
 

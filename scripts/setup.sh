@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV="${RLREG_VENV:-.venv}"
 DEVICE="${RLREG_DEVICE:-cpu}"
-EXTRAS="${RLREG_EXTRAS:-test}"
+EXTRAS="${RLREG_EXTRAS:-test,tracking}"
 PY="${PYTHON:-python3}"
 
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"

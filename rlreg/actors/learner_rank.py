@@ -17,7 +17,7 @@ import numpy as np
 import ray
 import torch
 
-from rlreg import device
+from rlreg import console, device
 from rlreg.actors.config import LearnerConfig
 from rlreg.algos.config import RLLossOptions, SFTLossOptions
 from rlreg.algos.experience import LearnerBatch
@@ -62,6 +62,7 @@ class LearnerRank:
 
     def __init__(self, rank: int, world_size: int, model_dir: str, cfg: LearnerConfig, lr: float,
                  total_steps: int, torch_threads: int = 0, seed: int = 0):
+        console.redirect_actor_output(f"learner-rank{rank}")
         self.rank = rank
         self._setup = (world_size, model_dir, cfg, lr, total_steps, torch_threads, seed)
 
@@ -142,7 +143,7 @@ class LearnerRank:
                         model=None) -> tuple[torch.Tensor, torch.Tensor]:
         """(logp of the batch's tokens [N, L], full constrained logp [N, L, V]) under the current
         model (or `model`, e.g. the frozen reference)."""
-        tokens = torch.as_tensor(np.asarray(batch.tokens), dtype=torch.long, device=self.device)
+        tokens = torch.tensor(np.asarray(batch.tokens), dtype=torch.long, device=self.device)
         logits = answer_logits(model if model is not None else self.engine, batch.prompts, self.head.token_ids[tokens],
                                self.meta.pad_id, self._features(batch), shared_prefix=self.cfg.shared_prefix)
         logp_full = self.head.logprobs(logits, temperature)
@@ -151,7 +152,7 @@ class LearnerRank:
     def _features(self, batch: LearnerBatch) -> torch.Tensor | None:
         if batch.features is None:
             return None
-        return torch.as_tensor(np.asarray(batch.features), dtype=torch.float32, device=self.device)
+        return torch.tensor(np.asarray(batch.features), dtype=torch.float32, device=self.device)
 
     # -- reading the policy ---------------------------------------------------------------------
     def token_logprobs(self, batch: LearnerBatch, temperature: float = 1.0) -> np.ndarray:
@@ -231,7 +232,7 @@ class LearnerRank:
 def _supervised(rank: LearnerRank, batch: LearnerBatch, options: SFTLossOptions):
     """Token-level supervision toward the batch's tokens (the targets' number tokens)."""
     _, logp_full = rank.policy_logprobs(batch)
-    targets = torch.as_tensor(np.asarray(batch.tokens), dtype=torch.long, device=rank.device)
+    targets = torch.tensor(np.asarray(batch.tokens), dtype=torch.long, device=rank.device)
     return supervised_loss(logp_full, targets, options, rank.token_values)
 
 

@@ -12,6 +12,7 @@ from typing import Callable
 import numpy as np
 import ray
 
+from rlreg import console
 from rlreg.actors.config import RayConfig, RewardConfig
 from rlreg.actors.session import ActorFailed, get_with_timeout, require_resources, wait_for_start
 from rlreg.algos.rewards import REWARDS, check_rewards, load_reward
@@ -38,6 +39,7 @@ def accepted_columns(fn: Callable, spec: str, names: list[str]) -> list[str]:
 
 class RewardWorker:
     def __init__(self, number_spec: dict, scaler_state: dict, cfg: RewardConfig):
+        console.redirect_actor_output("reward")
         self.cfg = cfg
         self.number_tokenizer = build_number_tokenizer(number_spec)
         self.scaler = scaler_from_state_dict(scaler_state)

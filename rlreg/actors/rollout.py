@@ -15,6 +15,7 @@ from safetensors import safe_open
 
 from rlreg import device
 from rlreg.actors.config import RayConfig
+from rlreg import console
 from rlreg.actors import session
 from rlreg.actors.session import ActorFailed, get_with_timeout, require_resources, wait_for_start
 from rlreg.errors import RemoteTimeout
@@ -29,6 +30,7 @@ EMBED_KEY = "model.embed_tokens.weight"  # Llama's token embeddings under HF nam
 
 class RolloutWorker:
     def __init__(self, model_dir: str, engine_cfg: EngineConfig, max_model_len: int, torch_threads: int = 0):
+        console.redirect_actor_output("engine")
         # Before the engine: the in-process vLLM engine turns set_num_threads into a no-op.
         device.configure_torch_threads(torch_threads or None)
         self.engine = NumberEngine(model_dir, engine_cfg, max_model_len)

@@ -1,9 +1,11 @@
 """Ray session and remote waits: every `ray.get` in rlreg goes through `get_with_timeout`."""
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any
 
+from rlreg import console
 from rlreg.errors import ConfigError, RlregError, RemoteTimeout
 
 AUTH_MODE_ENV = "RAY_AUTH_MODE"
@@ -24,7 +26,12 @@ def actor_env() -> dict[str, str]:
     idle threads sleep. Measured on 2 cores beside one busy process of equal priority: an RL step
     7.3 s → 4.0 s (25 M parameters), 4.7 s → 0.47 s (1 M); on a quiet machine the two are even
     (benchmarks/README.md, `rlreg bench scaling`)."""
-    return {"OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
+    env = {"OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
+    # Where the actor's output goes (rlreg.console): the run's logs, or the console when verbose.
+    for name in (console.LOG_DIR_ENV, console.VERBOSE_ENV):
+        if os.environ.get(name):
+            env[name] = os.environ[name]
+    return env
 
 
 def _loopback_only() -> None:
@@ -41,9 +48,12 @@ def ensure_ray(cfg: RayConfig) -> None:
 
     if ray.is_initialized():
         return
+    # Actors write to RUN_DIR/logs (rlreg.console); Ray streams their output only when verbose, and
+    # its own start-up lines (the auth-token notice, "Started a local Ray instance") are dropped.
+    quiet = {} if console.verbose() else {"log_to_driver": False, "logging_level": logging.ERROR}
     address = cfg.address or os.environ.get("RAY_ADDRESS")
     if address:
-        ray.init(address=address, log_to_driver=True)
+        ray.init(address=address, **{"log_to_driver": True, **quiet})
     else:
         # Local session: no dashboard and no job server (HTTP ports; start-up time on 2 cores), every
         # port on loopback, and token auth on even if the environment says otherwise (unset, Ray's
@@ -55,7 +65,7 @@ def ensure_ray(cfg: RayConfig) -> None:
                   "machine could run code through its ports); token authentication stays on", file=sys.stderr)
             del os.environ[AUTH_MODE_ENV]
         _loopback_only()
-        ray.init(num_cpus=cfg.num_cpus, include_dashboard=False, log_to_driver=True)
+        ray.init(num_cpus=cfg.num_cpus, include_dashboard=False, **{"log_to_driver": True, **quiet})
 
 
 def get_with_timeout(refs: Any, timeout_s: float, what: str) -> Any:

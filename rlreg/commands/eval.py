@@ -11,6 +11,7 @@ from typing import Sequence
 
 import numpy as np
 
+from rlreg import console
 from rlreg.actors.rollout import RolloutGroup
 from rlreg.actors.session import ensure_ray
 from rlreg.config import load_config
@@ -59,6 +60,7 @@ def run_eval(run_dir: str | Path, split: str = "test", samples: int | None = Non
         raise ConfigError("--baselines compares on held-out rows; use --split val or --split test")
     started = time.monotonic()
     run, checkpoint = find_run(run_dir)
+    console.use_log_dir(run.logs)
     extra = [f"eval.samples={samples}"] if samples is not None else []
     cfg = load_config(run.config, [*overrides, *extra, f"run_dir={run}"])
     task = prepare_task(cfg, run, model_dir=checkpoint)  # checkpoint given: no model is built

@@ -73,7 +73,8 @@ class NumberEngine:
         # The rotary embedding has buffers but no checkpoint weights; vLLM warns about it on every
         # reload ("RotaryEmbedding: Failed to load weights"), which would flood each RL step's log.
         logging.getLogger("vllm.model_executor.model_loader.reload.layerwise").setLevel(logging.ERROR)
-        tensors = ((name, torch.as_tensor(array)) for name, array in named_arrays.items())
+        # One copy a tensor, one at a time: the arrays are read-only views of the Ray object store.
+        tensors = ((name, torch.tensor(array)) for name, array in named_arrays.items())
         self._worker().reload_weights(weights_iterator=tensors, is_checkpoint_format=True)
         self.llm.reset_prefix_cache()
 

@@ -76,3 +76,27 @@ class RLConfig(AlgoConfig):
         return RLLossOptions(temperature=self.temperature, clip_eps=self.clip_eps, loss_agg=self.loss_agg,
                              kl_coef=self.kl_coef, kl_kind=self.kl_kind, kl_in=self.kl_in,
                              entropy_coef=self.entropy_coef, expert_ce_coef=self.expert_ce_coef)
+
+
+WANDB_MODES = ("offline", "online")
+
+
+@dataclass
+class LogConfig:
+    """The `log:` section: experiment tracking besides the run directory's JSONL and TensorBoard logs
+    (rlreg.train.tracking). Each run gets the resolved config, per-step scalars, the final metrics,
+    the plots and the checkpoint path. Needs `pip install -e '.[tracking]'` when turned on."""
+
+    mlflow: bool = False  # log the run to MLflow
+    mlflow_uri: str = ""  # tracking URI; "": a SQLite file in the run directory (RUN_DIR/mlflow.db)
+    mlflow_experiment: str = "rlreg"  # MLflow experiment (created if missing)
+    wandb: bool = False  # log the run to Weights & Biases
+    wandb_mode: str = "offline"  # offline (files under RUN_DIR/wandb, no network; `wandb sync` later) | online
+    wandb_project: str = "rlreg"
+
+    def validate(self) -> None:
+        if self.wandb_mode not in WANDB_MODES:
+            raise ConfigError(f"log.wandb_mode must be one of {', '.join(WANDB_MODES)}, got {self.wandb_mode!r}")
+        for key in ("mlflow_experiment", "wandb_project"):
+            if not getattr(self, key):
+                raise ConfigError(f"log.{key} must not be empty")

@@ -8,6 +8,7 @@ import json
 import time
 from pathlib import Path
 
+from rlreg import console
 from rlreg.actors.rollout import RolloutGroup
 from rlreg.actors.session import ActorFailed, ensure_ray
 from rlreg.configlib import to_mapping
@@ -19,6 +20,7 @@ from rlreg.rundir import ModelFiles, RLCheckpointFiles, RunDir
 from rlreg.train.rl import RLRunner, require_rl_resources, train_rl
 from rlreg.train.sft import run_sft
 from rlreg.train.task import Task, prepare_task, require_splits
+from rlreg.train.tracking import Tracker, run_plots
 
 
 def evaluate_checkpoint(cfg, task: Task, model_dir: Path, run: RunDir, label: str) -> dict:
@@ -32,7 +34,8 @@ def evaluate_checkpoint(cfg, task: Task, model_dir: Path, run: RunDir, label: st
 
 def _prepare(cfg, command: str, resume: bool = False) -> tuple[RunDir, Task]:
     run = RunDir.create(cfg, command)
-    print(f"run dir: {run}")
+    console.use_log_dir(run.logs)
+    console.say(f"run dir: {run}")
     init = Path(cfg.sft.init_from) if cfg.sft.init_from else None
     if resume and init is None and (run.model / ModelFiles.TASK).is_file():
         # The run's own built model (task.json is written after it): its prompt tokenizer and
@@ -40,18 +43,18 @@ def _prepare(cfg, command: str, resume: bool = False) -> tuple[RunDir, Task]:
         init = run.model
     task = prepare_task(cfg, run, model_dir=init)
     require_splits(task.dataset.name, task.y, cfg.data)  # also for a given model (sft.init_from)
-    print(f"data: {task.dataset.name}: " + ", ".join(f"{k} {len(v)}" for k, v in task.y.items()))
+    console.say(f"data: {task.dataset.name}: " + ", ".join(f"{k} {len(v)}" for k, v in task.y.items()))
     ensure_ray(cfg.ray)
     return run, task
 
 
-def _supervised_checkpoint(cfg, task: Task, run: RunDir, target: Path) -> Path:
+def _supervised_checkpoint(cfg, task: Task, run: RunDir, target: Path, tracker: Tracker | None = None) -> Path:
     """Train the supervised stage into `target`, or use the model the task started from."""
     if not cfg.sft.enabled or cfg.sft.init_from:
         return task.model_dir
     if (target / ModelFiles.WEIGHTS).is_file():  # resuming: the supervised stage already finished
         return target
-    replace_dir(run_sft(cfg, task, run), target)
+    replace_dir(run_sft(cfg, task, run, tracker), target)
     return target
 
 
@@ -72,12 +75,15 @@ def _payload(cfg, task: Task, stage: str, metrics: dict, baselines: dict, checkp
 def run_supervised(cfg, command: str = "sft") -> dict:
     """Supervised stage end to end: data → model → SFT → sampled evaluation → metrics.json."""
     started = time.monotonic()
+    tracker = Tracker(cfg.log)  # a missing tracking package fails here, before any work
     run, task = _prepare(cfg, command)
-    checkpoint = _supervised_checkpoint(cfg, task, run, run.checkpoint)
-    metrics = evaluate_checkpoint(cfg, task, checkpoint, run, "sft")
-    _record_calibration(checkpoint, run, metrics)
-    payload = _payload(cfg, task, "sft", metrics, run_baselines(task, cfg), checkpoint, started)
-    write_metrics_json(run.metrics, payload)
+    with tracker.session(cfg, run):  # the tracked run ends FINISHED, or FAILED if this raises
+        checkpoint = _supervised_checkpoint(cfg, task, run, run.checkpoint, tracker)
+        metrics = evaluate_checkpoint(cfg, task, checkpoint, run, "sft")
+        _record_calibration(checkpoint, run, metrics)
+        payload = _payload(cfg, task, "sft", metrics, run_baselines(task, cfg), checkpoint, started)
+        write_metrics_json(run.metrics, payload)
+        tracker.log_final(payload, run_plots(run), checkpoint)
     return payload
 
 
@@ -94,21 +100,24 @@ def run_train(cfg, resume: bool = False) -> dict:
     if not cfg.rl.enabled:
         return run_supervised(cfg, "train")
     started = time.monotonic()
+    tracker = Tracker(cfg.log)  # a missing tracking package fails here, before any work
     run, task = _prepare(cfg, "train", resume)
     require_rl_resources(cfg)  # before the supervised stage: fail in seconds, not after it
-    start = _supervised_checkpoint(cfg, task, run, run.sft_checkpoint)
-    runner = RLRunner(cfg, task, start, run.path)
-    try:
-        before = evaluate_model(runner.rollout, task, cfg.eval, run.path, "before")
-        final_dir, _ = train_rl(runner, resume=resume)
-        after = evaluate_model(runner.rollout, task, cfg.eval, run.path, "rl")
-    except ActorFailed as err:  # restarts used up: say how to continue
-        raise ActorFailed(f"{err}. The run stopped; {resume_hint(run)}") from err
-    finally:
-        runner.shutdown()
-    replace_dir(final_dir, run.checkpoint)
-    _record_calibration(run.checkpoint, run, after)
-    payload = _payload(cfg, task, "rl", after, run_baselines(task, cfg), run.checkpoint, started,
-                       algorithm=cfg.rl.advantage, before={"val": before["val"], "test": before["test"]})
-    write_metrics_json(run.metrics, payload)
+    with tracker.session(cfg, run):  # the tracked run ends FINISHED, or FAILED if this raises
+        start = _supervised_checkpoint(cfg, task, run, run.sft_checkpoint, tracker)
+        runner = RLRunner(cfg, task, start, run.path)
+        try:
+            before = evaluate_model(runner.rollout, task, cfg.eval, run.path, "before")
+            final_dir, _ = train_rl(runner, resume=resume, tracker=tracker)
+            after = evaluate_model(runner.rollout, task, cfg.eval, run.path, "rl")
+        except ActorFailed as err:  # restarts used up: say how to continue
+            raise ActorFailed(f"{err}. The run stopped; {resume_hint(run)}") from err
+        finally:
+            runner.shutdown()
+        replace_dir(final_dir, run.checkpoint)
+        _record_calibration(run.checkpoint, run, after)
+        payload = _payload(cfg, task, "rl", after, run_baselines(task, cfg), run.checkpoint, started,
+                           algorithm=cfg.rl.advantage, before={"val": before["val"], "test": before["test"]})
+        write_metrics_json(run.metrics, payload)
+        tracker.log_final(payload, run_plots(run), run.checkpoint)
     return payload

@@ -12,6 +12,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from rlreg import device
+from rlreg import console
 from rlreg.actors.learner import LearnerGroup, LearnerLost, merge_stats
 from rlreg.actors.reward import RewardPool
 from rlreg.actors.rollout import RolloutGroup
@@ -23,7 +24,7 @@ from rlreg.evaluate.aggregate import aggregate
 from rlreg.evaluate.sampling import sample_values
 from rlreg.rundir import RunDir
 from rlreg.train import checkpoints
-from rlreg.train.logger import RunLogger, progress
+from rlreg.train.logger import RunLogger
 
 
 def require_rl_resources(cfg) -> None:
@@ -170,17 +171,18 @@ class RLRunner:
 
 
 def train_rl(runner: RLRunner, resume: bool = False,
-             on_step: Callable[[int, dict], None] | None = None) -> tuple[Path, dict]:
+             on_step: Callable[[int, dict], None] | None = None, tracker=None) -> tuple[Path, dict]:
     """Run the RL loop on a built runner; returns the final model directory and the last
     validation metrics. The runner keeps its engines (already holding the final weights).
     `on_step(step, stats)`, if given, sees each step's logged stats (with val_rmse on eval steps),
-    e.g. for Ray Tune reporting; raising from it stops the loop."""
+    e.g. for Ray Tune reporting; raising from it stops the loop. `tracker` (rlreg.train.tracking)
+    gets every logged step too."""
     rl, run = runner.cfg.rl, RunDir(runner.run_dir)
     if resume:
-        print(f"rl: resumed at step {runner.step_index}" if runner.restore()
+        console.say(f"rl: resumed at step {runner.step_index}" if runner.restore()
               else "rl: no RL checkpoint in the run directory; RL starts at step 0")
         checkpoints.truncate_log(run.log("rl"), runner.step_index)
-    logger = RunLogger(run.path, "rl")
+    logger = RunLogger(run.path, "rl", tracker)
 
     def recover(err: LearnerLost) -> None:
         nonlocal logger
@@ -189,12 +191,12 @@ def train_rl(runner: RLRunner, resume: bool = False,
         bar.write(f"rl: learner group restored at step {runner.step_index}")
         logger.close()
         checkpoints.truncate_log(logger.path, runner.step_index)
-        logger = RunLogger(run.path, "rl")
+        logger = RunLogger(run.path, "rl", tracker)
         bar.n = runner.step_index
         bar.refresh()
 
     last_val: dict = {}
-    bar = progress(rl.steps, "rl", initial=runner.step_index)
+    bar = console.progress(rl.steps, "rl", initial=runner.step_index)
     try:
         while runner.step_index < rl.steps:
             try:

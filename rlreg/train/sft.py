@@ -6,28 +6,29 @@ from pathlib import Path
 
 import numpy as np
 
+from rlreg import console
 from rlreg.actors.learner import LearnerGroup, merge_stats
 from rlreg.algos.experience import LearnerBatch
 from rlreg.data.batches import BatchCursor
 from rlreg.rundir import RunDir
-from rlreg.train.logger import RunLogger, progress
+from rlreg.train.logger import RunLogger
 
 
 def _stats(group: LearnerGroup, method: str, batch: LearnerBatch, options, what: str) -> dict:
     return merge_stats(group.call(method, "sft", options, batch=batch, what=what), batch.shard_sizes(group.world_size))
 
 
-def run_sft(cfg, task, run_dir: Path) -> Path:
+def run_sft(cfg, task, run_dir: Path, tracker=None) -> Path:
     sft = cfg.sft
     run = RunDir(run_dir)
     best_dir = run.sft_model
     group = LearnerGroup(task.model_dir, cfg.learner, sft.lr, sft.steps, cfg.ray, seed=cfg.seed)
-    logger = RunLogger(run.path, "sft")
+    logger = RunLogger(run.path, "sft", tracker)
     options = sft.loss_options()
     cursor = BatchCursor(len(task.prompts["train"]), sft.batch_size, cfg.seed)
     val_batch = LearnerBatch.of(task.inputs("val"), task.target_tokens["val"])
     best, stale = float("inf"), 0
-    bar = progress(sft.steps, "sft")
+    bar = console.progress(sft.steps, "sft")
     try:
         for step in range(sft.steps):
             bar.update(1)
@@ -50,7 +51,7 @@ def run_sft(cfg, task, run_dir: Path) -> Path:
             else:
                 stale += 1
                 if stale >= sft.patience:
-                    bar.write(f"sft: early stop at step {step + 1} (best validation {sft.select_by} {best:.4g})")
+                    bar.set_postfix_str(f"early stop (best validation {sft.select_by} {best:.4g})", refresh=False)
                     break
     finally:
         bar.close()

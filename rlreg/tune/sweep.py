@@ -24,6 +24,7 @@ import yaml
 from ray import tune
 
 from rlreg import device
+from rlreg import console
 from rlreg.actors.session import ensure_ray
 from rlreg.config import RunConfig
 from rlreg.configlib import from_mapping, to_mapping
@@ -36,6 +37,7 @@ from rlreg.train.pipeline import run_supervised
 from rlreg.train.rl import RLRunner, train_rl
 from rlreg.train.sft import run_sft
 from rlreg.train.task import prepare_task
+from rlreg.train.tracking import mlflow_uri, require, require_mlflow
 from rlreg.tune.config import candidate_values, grid_size, needs_own_sft, set_dotted
 from rlreg.tune.report import collect_rows, pick_best, plot_curves, plot_heatmap
 
@@ -107,7 +109,7 @@ def check_fits(cfg, bundles: list[dict]) -> int:
             f"Lower ray.rollout_cpus / ray.learner_cpus / ray.reward_cpus / tune.trial_cpus, reward.workers or "
             f"learner.world_size, or add nodes (tune.check_resources=false on an autoscaling cluster)")
     if at_once < want:
-        print(f"tune: {want} concurrent trials requested, {at_once} fit the cluster "
+        console.say(f"tune: {want} concurrent trials requested, {at_once} fit the cluster "
               f"({_fmt(trial)} each): running {at_once} at a time")
     return min(want, at_once)
 
@@ -126,7 +128,9 @@ def run_trial(cfg, report: Callable[[dict], None], final_eval: bool = True, wors
     """One RL run (plus its own supervised stage when cfg.sft says so), reporting as it goes.
     `worst` replaces a NaN validation RMSE (no valid sample) so schedulers can still rank it."""
     shutil.rmtree(cfg.run_dir, ignore_errors=True)  # a retried trial (FailureConfig) starts clean
-    run_dir = RunDir.create(cfg, "trial").path
+    run = RunDir.create(cfg, "trial")
+    console.use_log_dir(run.logs)
+    run_dir = run.path
     init = Path(cfg.sft.init_from) if cfg.sft.init_from else None
     task = prepare_task(cfg, run_dir, model_dir=init)
     start = run_sft(cfg, task, run_dir) if cfg.sft.enabled and init is None else task.model_dir
@@ -167,7 +171,7 @@ def _tune_trial(params: dict, base: dict, root: str, init_from: str | None, fina
     if init_from:
         mapping["sft"]["init_from"] = init_from
     cfg = from_mapping(RunConfig, mapping)
-    print(f"trial {tune.get_context().get_trial_id()}: {params} -> {cfg.run_dir}")
+    console.say(f"trial {tune.get_context().get_trial_id()}: {params} -> {cfg.run_dir}")
     run_trial(cfg, tune.report, final_eval, worst)
 
 
@@ -180,13 +184,39 @@ def _shared_start(cfg, run_dir: Path) -> tuple[str | None, float | None]:
         return None, None
     sft_cfg = copy.deepcopy(cfg)
     sft_cfg.run_dir = str(Path(run_dir) / "sft")
+    sft_cfg.log.mlflow_uri = mlflow_uri(cfg.log, run_dir)  # the shared stage's tracked run beside the trials'
     payload = run_supervised(sft_cfg, "sft")
     return str(Path(payload["checkpoint"]).resolve()), payload["val"].get("rmse")
 
 
-def _build_tuner(cfg, run_dir: Path, bundles: list[dict], concurrent: int, init_from: str | None):
+def _tracking_callbacks(cfg, run_dir: Path) -> list:
+    """Ray Tune's own MLflow / W&B loggers (log.mlflow / log.wandb): one tracked run per trial, written
+    from the driver (so the default SQLite store, RUN_DIR/mlflow.db, has one writer)."""
+    log, callbacks = cfg.log, []
+    if log.mlflow:
+        require_mlflow()
+        from ray.air.integrations.mlflow import MLflowLoggerCallback
+
+        callbacks.append(MLflowLoggerCallback(tracking_uri=mlflow_uri(log, run_dir),
+                                              experiment_name=log.mlflow_experiment))
+    if log.wandb:
+        require("wandb", "wandb")
+        from ray.air.integrations.wandb import WandbLoggerCallback
+
+        if log.wandb_mode == "offline":  # Ray's callback asks for an API key unless WANDB_MODE says offline
+            os.environ["WANDB_MODE"] = "offline"
+        # keyword arguments beyond Ray's go to wandb.init
+        callbacks.append(WandbLoggerCallback(project=log.wandb_project, mode=log.wandb_mode,
+                                             dir=str(RunDir(run_dir).wandb.parent)))
+    return callbacks
+
+
+def _build_tuner(cfg, run_dir: Path, bundles: list[dict], concurrent: int, init_from: str | None,
+                 callbacks: list = ()):
     tcfg = cfg.tune
     base = to_mapping(cfg)
+    # The callbacks track each trial; the trial opening its own run too would log it twice.
+    base["log"].update(mlflow=False, wandb=False)
     worst = math.inf if tcfg.mode == "min" else -math.inf
     trainable = tune.with_parameters(_tune_trial, base=base, root=str(run_dir), init_from=init_from,
                                      final_eval=tcfg.final_eval, worst=worst)
@@ -210,7 +240,8 @@ def _build_tuner(cfg, run_dir: Path, bundles: list[dict], concurrent: int, init_
                                     max_concurrent_trials=concurrent, search_alg=search_alg, scheduler=scheduler,
                                     time_budget_s=tcfg.time_budget_s),
         run_config=tune.RunConfig(name=RunDir(run_dir).ray_tune.name, storage_path=str(run_dir),
-                                  failure_config=tune.FailureConfig(max_failures=1), verbose=1),
+                                  failure_config=tune.FailureConfig(max_failures=1), verbose=1,
+                                  callbacks=list(callbacks)),
     )
 
 
@@ -224,24 +255,25 @@ def run_tune(cfg) -> dict:
     run = RunDir(RunDir.create(cfg, "tune").path.resolve())  # absolute: trials run elsewhere
     run_dir = run.path
     cfg.run_dir = str(run_dir)
-    print(f"run dir: {run_dir}")
+    console.say(f"run dir: {run_dir}")
     ensure_ray(cfg.ray)
     bundles = trial_bundles(cfg)
     concurrent = check_fits(cfg, bundles)
+    callbacks = _tracking_callbacks(cfg, run_dir)  # a missing tracking package fails before any work
     tcfg = cfg.tune
     own_sft = needs_own_sft(tcfg.space)
     count = tcfg.num_samples * (grid_size(tcfg.space, tcfg.search) if tcfg.search != "optuna" else 1)
-    print(f"tune: {count} trial(s), {concurrent} at a time, each holding {bundles} (STRICT_PACK); "
+    console.say(f"tune: {count} trial(s), {concurrent} at a time, each holding {bundles} (STRICT_PACK); "
           f"search {tcfg.search}, scheduler {tcfg.scheduler}, metric {tcfg.metric} ({tcfg.mode})")
     if own_sft:
-        print("tune: the space touches numbers./model./data./sft. keys: each trial runs its own supervised stage")
+        console.say("tune: the space touches numbers./model./data./sft. keys: each trial runs its own supervised stage")
         init_from, sft_val_rmse = None, None
     else:
         init_from, sft_val_rmse = _shared_start(cfg, run_dir)
         how = f"from {init_from}" if init_from else "from a freshly built model (sft.enabled=false)"
-        print(f"tune: every trial starts RL {how}; trials differ only in the swept keys")
+        console.say(f"tune: every trial starts RL {how}; trials differ only in the swept keys")
 
-    grid = _build_tuner(cfg, run_dir, bundles, concurrent, init_from).fit()
+    grid = _build_tuner(cfg, run_dir, bundles, concurrent, init_from, callbacks).fit()
 
     keys = list(tcfg.space)
     rows, curves = collect_rows(grid, keys, tcfg.metric, tcfg.mode, cfg.rl.steps)
@@ -258,17 +290,17 @@ def run_tune(cfg) -> dict:
                "shared_sft_checkpoint": init_from, "own_sft_per_trial": own_sft, "sft_val_rmse": sft_val_rmse,
                "plots": [str(p) for p in plots], "wall_s": time.monotonic() - started}
     write_metrics_json(run.tune_summary, summary)
-    print(f"\ntune results ({len(rows)} trials, sorted by {tcfg.metric}; {run.tune_results}):")
-    print(format_table(rows, columns))
+    console.say(f"\ntune results ({len(rows)} trials, sorted by {tcfg.metric}; {run.tune_results}):")
+    console.say(format_table(rows, columns))
     failed = [r for r in rows if r["status"] == "error"]
     for row in failed:
-        print(f"tune: trial {row['trial']} failed (after one retry): {row.get('error', '?')}")
+        console.say(f"tune: trial {row['trial']} failed (after one retry): {row.get('error', '?')}")
     if best is None:
         raise RlregError(f"no trial reported {tcfg.metric} ({len(failed)} of {len(rows)} failed); "
                          f"see the trials' logs under {run.ray_tune}")
-    print(f"\nbest: trial {best['trial']} {tcfg.metric}={best[tcfg.metric]:.4g}: "
+    console.say(f"\nbest: trial {best['trial']} {tcfg.metric}={best[tcfg.metric]:.4g}: "
           + ", ".join(f"{k}={best[k]}" for k in keys) + f"\n  -> {run.tune_best}")
-    print(f"done in {summary['wall_s']:.0f} s")
+    console.say(f"done in {summary['wall_s']:.0f} s")
     return summary
 
 

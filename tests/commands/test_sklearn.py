@@ -1,6 +1,8 @@
 """RLRegressor: scikit-learn's API checks that need no fit, input validation, the params / clone
 round trip, and one real fit (the module's only pipeline) through predict, predict_interval,
 score and pickling. Why the fitting sklearn checks are skipped: see RLRegressor's docstring."""
+import contextlib
+import io
 import json
 import pickle
 
@@ -52,9 +54,19 @@ def fitted(ray_session, tmp_path_factory):
     X, y = _step_data()
     model = RLRegressor(overrides=OVERRIDES, sft_steps=60, samples=8, random_state=0,
                         run_dir=str(tmp_path_factory.mktemp("sk_runs")))
-    assert model.fit(X, y) is model
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(printed):
+        assert model.fit(X, y) is model
+    model.printed_during_fit = printed.getvalue()
     yield model, X, y
     model.close()
+
+
+def test_fit_is_quiet_by_default(fitted):
+    """Like scikit-learn's estimators: no lines, bars or tables (verbose=0); the run still logged."""
+    model, _, _ = fitted
+    assert model.verbose == 0 and model.printed_during_fit == ""
+    assert (model.run_dir_ / "sft_log.jsonl").stat().st_size > 0
 
 
 @pytest.mark.parametrize("estimator, check", list(_no_fit_checks()))

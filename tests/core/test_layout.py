@@ -10,7 +10,7 @@ from conftest import REPO
 ROOT = REPO / "rlreg"
 # Bottom to top. The leaves first; a config schema module (rlreg/config.py, rlreg/<pkg>/config.py)
 # may be imported from any layer, and imports no rlreg module above its own package.
-LAYERS = ["errors", "io", "configlib", "rundir", "device", "numbers", "data", "algos", "model", "actors",
+LAYERS = ["errors", "io", "configlib", "rundir", "device", "console", "numbers", "data", "algos", "model", "actors",
           "baselines", "evaluate", "train", "tune", "estimator", "commands", "cli", "__main__"]
 MAX_LINES = 400
 

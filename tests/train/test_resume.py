@@ -59,6 +59,16 @@ def _kill_tree(proc: subprocess.Popen) -> None:
             pass
 
 
+# What rlreg itself prints on a `train` run: its status lines, stage bars and the results table.
+OWN_LINE = re.compile(r"^(run dir: |data: |sft: |rl: |rl step |test metrics |done in |method |---|"
+                      r"(CE|HGB|RIDGE)\S* )")
+
+
+def foreign_lines(text: str) -> list[str]:
+    """Console lines that are not rlreg's own (progress bars redraw with carriage returns)."""
+    return [line for line in re.split(r"[\r\n]+", text) if line.strip() and not OWN_LINE.match(line)]
+
+
 def test_resume_after_driver_sigkill_completes_run_once_per_step(tmp_path, tiny_task, ray_session):
     import torch
 
@@ -93,6 +103,11 @@ def test_resume_after_driver_sigkill_completes_run_once_per_step(tmp_path, tiny_
     assert out.returncode == 0, out.stderr[-3000:]
     resumed = int(re.search(r"rl: resumed at step (\d+)", out.stdout)[1])
     assert resumed == checkpoint["step"]
+    # The console holds rlreg's own lines only; what the actors printed is in the run's logs/.
+    assert not foreign_lines(out.stdout + out.stderr), foreign_lines(out.stdout + out.stderr)
+    assert not foreign_lines((tmp_path / "first.log").read_text())
+    roles = {p.name.rsplit("-", 1)[0] for p in (run / "logs").glob("*.log") if p.stat().st_size > 0}
+    assert {"engine", "learner-rank0", "reward"} <= roles, sorted(roles)
     print(f"killed after step {max(before_resume)} (checkpoint {resumed}); resume took {time.monotonic() - t0:.0f} s")
 
     # Each step logged once, in order; the steps re-done after the checkpoint match what the killed
