@@ -67,6 +67,10 @@ def hush_libraries() -> None:
         return
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    hf = sys.modules.get("transformers.utils.logging")  # already loaded: the variables came too late
+    if hf is not None:
+        hf.disable_progress_bar()
+        hf.set_verbosity_error()
     for name in ("ray", "vllm", "deepspeed", "torch"):
         logging.getLogger(name).setLevel(logging.ERROR)
 

@@ -13,6 +13,7 @@ import numpy as np
 import ray
 
 from rlreg import console
+from rlreg.actors import session
 from rlreg.actors.config import RayConfig, RewardConfig
 from rlreg.actors.session import ActorFailed, get_with_timeout, require_resources, wait_for_start
 from rlreg.algos.rewards import REWARDS, check_rewards, load_reward
@@ -104,7 +105,9 @@ class RewardPool:
         self.columns = accepted_columns(load_reward(cfg.fn, **cfg.options), cfg.fn, list(column_names))
         require_resources(cfg.workers * ray_cfg.reward_cpus, 0, f"{cfg.workers} reward actor(s)")
         self._args = (number_spec, scaler_state, cfg)
-        self._cls = ray.remote(RewardWorker).options(num_cpus=ray_cfg.reward_cpus, max_restarts=2)
+        # actor_env: on a cluster the workers do not inherit this driver's environment (log folder).
+        self._cls = ray.remote(RewardWorker).options(num_cpus=ray_cfg.reward_cpus, max_restarts=2,
+                                                     runtime_env={"env_vars": session.actor_env()})
         self.workers = [self._cls.remote(*self._args) for _ in range(cfg.workers)]
         wait_for_start([w.ready.remote() for w in self.workers], ray_cfg.actor_start_timeout_s,
                        f"starting {cfg.workers} reward actor(s)", self.shutdown)
