@@ -25,10 +25,6 @@ def set_verbose(on: bool) -> None:
     os.environ[VERBOSE_ENV] = "1" if on else "0"
 
 
-def is_quiet() -> bool:
-    return _quiet
-
-
 @contextlib.contextmanager
 def quiet(on: bool = True):
     """rlreg's own lines and bars off inside the block (errors still raise)."""

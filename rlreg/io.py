@@ -44,6 +44,21 @@ def read_json(path: str | os.PathLike) -> Any:
     return json.loads(Path(path).read_text())
 
 
+def read_jsonl(path: str | os.PathLike) -> list[tuple[str, Any]]:
+    """(line, parsed value) for each line of a JSON-lines file that parses: a line cut short by a
+    crash is skipped. A missing file has none."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            out.append((line, json.loads(line)))
+        except ValueError:
+            continue
+    return out
+
+
 def replace_dir(tmp: str | os.PathLike, final: str | os.PathLike) -> Path:
     """Swap a fully written directory into place, so a crash never leaves half a model there.
     A crash between the two renames leaves `final` missing and `final.old` whole: put it back first."""

@@ -13,9 +13,8 @@ import ray
 
 from safetensors import safe_open
 
-from rlreg import device
+from rlreg import console, device
 from rlreg.actors.config import RayConfig
-from rlreg import console
 from rlreg.actors import session
 from rlreg.actors.session import ActorFailed, get_with_timeout, require_resources, wait_for_start
 from rlreg.errors import RemoteTimeout

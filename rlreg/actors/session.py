@@ -50,10 +50,10 @@ def ensure_ray(cfg: RayConfig) -> None:
         return
     # Actors write to RUN_DIR/logs (rlreg.console); Ray streams their output only when verbose, and
     # its own start-up lines (the auth-token notice, "Started a local Ray instance") are dropped.
-    quiet = {} if console.verbose() else {"log_to_driver": False, "logging_level": logging.ERROR}
+    shown = {"log_to_driver": console.verbose(), "logging_level": logging.INFO if console.verbose() else logging.ERROR}
     address = cfg.address or os.environ.get("RAY_ADDRESS")
     if address:
-        ray.init(address=address, **{"log_to_driver": True, **quiet})
+        ray.init(address=address, **shown)
     else:
         # Local session: no dashboard and no job server (HTTP ports; start-up time on 2 cores), every
         # port on loopback, and token auth on even if the environment says otherwise (unset, Ray's
@@ -65,7 +65,7 @@ def ensure_ray(cfg: RayConfig) -> None:
                   "machine could run code through its ports); token authentication stays on", file=sys.stderr)
             del os.environ[AUTH_MODE_ENV]
         _loopback_only()
-        ray.init(num_cpus=cfg.num_cpus, include_dashboard=False, **{"log_to_driver": True, **quiet})
+        ray.init(num_cpus=cfg.num_cpus, include_dashboard=False, **shown)
 
 
 def get_with_timeout(refs: Any, timeout_s: float, what: str) -> Any:

@@ -15,6 +15,7 @@ from matplotlib.figure import Figure
 
 from rlreg.configlib import read_yaml
 from rlreg.errors import ConfigError
+from rlreg.io import read_jsonl
 from rlreg.evaluate.report import format_table
 from rlreg.rundir import RunDir
 
@@ -36,17 +37,8 @@ class ComparedRun:
 
 def read_log(path: Path) -> list[dict]:
     """A step log's records; a line cut short by a crash is skipped, as a resumed run drops it."""
-    if not path.is_file():
-        return []
-    records = []
-    for line in path.read_text().splitlines():
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(record, dict) and isinstance(record.get("step"), int):
-            records.append(record)
-    return records
+    return [record for _, record in read_jsonl(path)
+            if isinstance(record, dict) and isinstance(record.get("step"), int)]
 
 
 def load_run(path: str | Path) -> ComparedRun:

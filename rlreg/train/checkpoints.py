@@ -8,12 +8,11 @@ step_index)."""
 from __future__ import annotations
 
 import base64
-import json
 import shutil
 from pathlib import Path
 
 from rlreg.actors.learner import LearnerLost
-from rlreg.io import read_json, write_json, write_text
+from rlreg.io import read_json, read_jsonl, write_json, write_text
 from rlreg.rundir import RLCheckpointFiles, RunDir
 
 
@@ -75,12 +74,4 @@ def truncate_log(path: Path, last_step: int) -> None:
     resumed or restored run does again are then logged once."""
     if not path.is_file():
         return
-    kept = []
-    for line in path.read_text().splitlines():
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if record.get("step", 0) <= last_step:
-            kept.append(line + "\n")
-    write_text(path, "".join(kept))
+    write_text(path, "".join(line + "\n" for line, record in read_jsonl(path) if record.get("step", 0) <= last_step))
