@@ -70,15 +70,19 @@ def ray_gpus_per_actor(requested: float) -> float:
     return requested if has_cuda() else 0.0
 
 
-def engine_env() -> dict[str, str]:
-    """Environment for processes that create a vLLM engine.
+def engine_process(requested: str = "auto") -> str:
+    """Where vLLM's engine core runs (engine.process): "auto" is inline on CPU, where it starts in
+    ~6 s instead of ~25 s, and separate on GPU, vLLM's default. Weight updates reach the workers the
+    same way in both (collective_rpc, rlreg.model.engine_worker)."""
+    if requested != "auto":
+        return requested
+    return "separate" if has_cuda() else "inline"
 
-    On CPU the engine runs inside the calling process (no engine-core subprocess): it starts
-    in ~4 s instead of ~30 s and lets weight updates reach the worker directly."""
-    quiet = {"VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "WARNING")}
-    if has_cuda():
-        return quiet
-    return {**quiet, "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
+
+def engine_env(process: str = "auto") -> dict[str, str]:
+    """Environment for processes that create a vLLM engine (read by vLLM when the engine starts)."""
+    return {"VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "WARNING"),
+            "VLLM_ENABLE_V1_MULTIPROCESSING": "1" if engine_process(process) == "separate" else "0"}
 
 
 def configure_torch_threads(n: int | None = None) -> int:

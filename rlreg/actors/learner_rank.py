@@ -30,6 +30,7 @@ from rlreg.model.logprobs import NumberHead, answer_logits, gather_tokens, greed
 from rlreg.model.policy import load_policy
 from rlreg.numbers.registry import build_number_tokenizer
 
+SHM_COMM_OP = "deepspeed_shm_comm"  # its op builder's NAME (deepspeed.ops.op_builder)
 # The only non-tensor types DeepSpeed 0.19.8's checkpoints of rlreg's runs hold (ZeRO 0-3, fp32/bf16;
 # listed with torch.serialization.get_unsafe_globals_in_checkpoint): everything else is refused.
 CHECKPOINT_GLOBALS = ("deepspeed.runtime.fp16.loss_scaler.LossScaler",
@@ -106,6 +107,11 @@ class LearnerRank:
             "steps_per_print": 10**9,
             "wall_clock_breakdown": False,
         }
+        if world_size == 1:
+            # DeepSpeed's CPU backend JIT-compiles a shared-memory all-reduce op when its group starts
+            # (measured 60-100 s on 2 cores, the largest part of a first run); one rank never reduces.
+            # It builds the op only if this table calls it compatible (deepspeed/comm/torch.py).
+            deepspeed.ops.__compatible_ops__[SHM_COMM_OP] = False
         deepspeed.init_distributed(dist_backend=device.dist_backend(), auto_mpi_discovery=False)
         self.engine, _, _, self.scheduler = deepspeed.initialize(
             model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config)

@@ -103,7 +103,7 @@ class RolloutGroup:
             num_cpus=ray_cfg.rollout_cpus, num_gpus=device.ray_gpus_per_actor(1.0),
             resources=dict(ray_cfg.rollout_resources),
             # session.actor_env looked up at call time: benchmarks/scaling.py stands in for it there.
-            runtime_env={"env_vars": {**device.engine_env(), **session.actor_env()}},
+            runtime_env={"env_vars": {**device.engine_env(engine_cfg.process), **session.actor_env()}},
         )
         self.workers = [self._cls.remote(*self._args) for _ in range(workers)]
         wait_for_start([w.ready.remote() for w in self.workers], ray_cfg.actor_start_timeout_s,

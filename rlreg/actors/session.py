@@ -54,15 +54,16 @@ def ensure_ray(cfg: RayConfig) -> None:
     address = cfg.address or os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address, **shown)
+        # Ray's own "Connecting to existing Ray cluster" line is dropped with its other start-up lines;
+        # a user of `ray job submit` still sees which cluster the driver joined.
+        console.say(f"joined the Ray cluster at {ray.get_runtime_context().gcs_address}")
     else:
         # Local session: no dashboard and no job server (HTTP ports; start-up time on 2 cores), every
         # port on loopback, and token auth on even if the environment says otherwise (unset, Ray's
         # default for a local session is token auth with a generated token).
         if os.environ.get(AUTH_MODE_ENV, "").lower() == "disabled":
-            import sys
-
-            print(f"rlreg: ignoring {AUTH_MODE_ENV}=disabled for the local Ray session (any user of this "
-                  "machine could run code through its ports); token authentication stays on", file=sys.stderr)
+            console.warn(f"ignoring {AUTH_MODE_ENV}=disabled for the local Ray session (any user of this "
+                         "machine could run code through its ports); token authentication stays on")
             del os.environ[AUTH_MODE_ENV]
         _loopback_only()
         ray.init(num_cpus=cfg.num_cpus, include_dashboard=False, **shown)

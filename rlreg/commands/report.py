@@ -9,4 +9,5 @@ def print_results(payload: dict) -> None:
     run = RunDir(payload["config"]["run_dir"])
     print(f"\ntest metrics ({payload['dataset']}, {payload['test_rows']} rows, original units):")
     print(results_table(payload))
-    print(f"\ndone in {payload['wall_s']:.0f} s; metrics: {run.metrics}")
+    stages = ", ".join(f"{name} {seconds:.0f}" for name, seconds in payload.get("seconds", {}).items())
+    print(f"\ndone in {payload['wall_s']:.0f} s ({stages}); metrics: {run.metrics}")

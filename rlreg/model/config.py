@@ -46,6 +46,9 @@ class ModelConfig:
             raise ConfigError(f"model.prompt_vocab must be in 64..65536, got {self.prompt_vocab}")
 
 
+ENGINE_PROCESSES = ("auto", "inline", "separate")
+
+
 @dataclass
 class EngineConfig:
     """The vLLM engine each rollout worker owns."""
@@ -61,11 +64,17 @@ class EngineConfig:
     # limit on a hung engine is the Ray-side wait in rlreg.actors.rollout (ray.call_timeout_s), after
     # which the worker is replaced.
     timeout_s: float = 600.0
+    # Where vLLM's engine core runs: "inline" (in the rollout worker's process), "separate" (its own
+    # process, vLLM's default) or "auto": inline on CPU (starts in ~6 s instead of ~25 s on 2 cores),
+    # separate on GPU (scheduling then overlaps the model's compute). rlreg.device decides "auto".
+    process: str = "auto"
 
     def validate(self) -> None:
         if self.kv_cache_memory_bytes < 16 * 1024**2:
             raise ConfigError(f"engine.kv_cache_memory_bytes must be >= 16 MiB, got {self.kv_cache_memory_bytes}")
         if self.block_size not in (16, 32, 64, 128):
             raise ConfigError(f"engine.block_size must be 16, 32, 64 or 128, got {self.block_size}")
+        if self.process not in ENGINE_PROCESSES:
+            raise ConfigError(f"engine.process must be one of {', '.join(ENGINE_PROCESSES)}, got {self.process!r}")
         if self.max_num_seqs < 1:
             raise ConfigError(f"engine.max_num_seqs must be >= 1, got {self.max_num_seqs}")

@@ -1,10 +1,11 @@
-"""An in-process vLLM engine that samples number sequences under the per-position constraint.
+"""A vLLM engine that samples number sequences under the per-position constraint, its engine core
+inline or in its own process (engine.process); weights are replaced through the workers' rlreg
+extension (rlreg.model.engine_worker).
 
 Used directly by the evaluator and wrapped in a Ray actor by the rollout workers."""
 from __future__ import annotations
 
 import os
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,7 +13,7 @@ from typing import Sequence
 
 import numpy as np
 
-from rlreg import device
+from rlreg import console, device
 from rlreg.model.build import encoder_spec
 from rlreg.model.config import EngineConfig
 
@@ -27,11 +28,13 @@ class Samples:
 
 class NumberEngine:
     def __init__(self, model_dir: str | Path, cfg: EngineConfig, max_model_len: int):
-        for key, value in device.engine_env().items():
-            os.environ.setdefault(key, value)
+        # Set, not defaulted: engine.process is an explicit choice (a rollout worker's actor got the same
+        # environment at start, for anything that reads it earlier).
+        os.environ.update(device.engine_env(cfg.process))
         from vllm import LLM
 
         from rlreg.model.constrained import PROCESSOR_FQCN
+        from rlreg.model.engine_worker import WORKER_EXTENSION
 
         self.cfg = cfg
         # Vector input: prompts arrive as embeddings made by the feature encoder.
@@ -49,33 +52,18 @@ class NumberEngine:
             kv_cache_memory_bytes=cfg.kv_cache_memory_bytes, block_size=cfg.block_size,
             enable_prefix_caching=cfg.enable_prefix_caching, max_num_seqs=cfg.max_num_seqs,
             logprobs_mode="processed_logprobs", logits_processors=[PROCESSOR_FQCN],
-            enable_prompt_embeds=self.takes_embeddings,
+            enable_prompt_embeds=self.takes_embeddings, worker_extension_cls=WORKER_EXTENSION,
         )
 
-    def _worker(self):
-        executor = self.llm.llm_engine.model_executor
-        driver = getattr(executor, "driver_worker", None)
-        if driver is None:
-            raise RuntimeError("in-place weight updates need the in-process engine "
-                               "(VLLM_ENABLE_V1_MULTIPROCESSING=0, see rlreg.device.engine_env)")
-        return getattr(driver, "worker", driver)
-
     def load_weights(self, named_arrays: dict) -> None:
-        """Replace the weights in place (HF names → arrays).
+        """Replace the weights in place (HF names → arrays) on every engine worker, then drop the
+        prefix cache: its KV entries were computed with the old weights."""
+        from rlreg.model.engine_worker import pack_arrays
 
-        `model.load_weights` fails on CPU (linear weights are repacked for oneDNN after loading);
-        `reload_weights(is_checkpoint_format=True)` redoes that processing. The prefix cache must
-        be dropped after every update: its KV entries were computed with the old weights."""
-        import logging
-
-        import torch
-
-        # The rotary embedding has buffers but no checkpoint weights; vLLM warns about it on every
-        # reload ("RotaryEmbedding: Failed to load weights"), which would flood each RL step's log.
-        logging.getLogger("vllm.model_executor.model_loader.reload.layerwise").setLevel(logging.ERROR)
-        # One copy a tensor, one at a time: the arrays are read-only views of the Ray object store.
-        tensors = ((name, torch.tensor(array)) for name, array in named_arrays.items())
-        self._worker().reload_weights(weights_iterator=tensors, is_checkpoint_format=True)
+        packed = pack_arrays(named_arrays)
+        loaded = self.llm.collective_rpc("rlreg_load_weights", timeout=self.cfg.timeout_s, args=(packed,))
+        if any(n != len(packed) for n in loaded):
+            raise RuntimeError(f"vLLM workers loaded {loaded} of {len(packed)} weight tensors")
         self.llm.reset_prefix_cache()
 
     def sample(self, prompts: Sequence[Sequence[int]], allowed: list[list[int]], n: int,
@@ -103,9 +91,8 @@ class NumberEngine:
             # Checked after the fact: the in-process engine cannot be interrupted mid-call, so this
             # cannot stop a hang (the Ray-side ray.call_timeout_s wait does, and replaces the worker).
             # The samples are complete and valid: keep them, and say the engine is slow.
-            print(f"rlreg: warning: vLLM generate took {elapsed:.0f} s, more than engine.timeout_s="
-                  f"{self.cfg.timeout_s:g} (a post-hoc health check; the hard limit is ray.call_timeout_s)",
-                  file=sys.stderr, flush=True)
+            console.warn(f"vLLM generate took {elapsed:.0f} s, more than engine.timeout_s={self.cfg.timeout_s:g} "
+                         "(a post-hoc health check; the hard limit is ray.call_timeout_s)")
         token_ids = np.zeros((len(prompts), n, length), dtype=np.int64)
         logprobs = np.zeros((len(prompts), n, length), dtype=np.float32)
         for b, out in enumerate(outputs):

@@ -8,6 +8,8 @@ import json
 import time
 from pathlib import Path
 
+import psutil
+
 from rlreg import console
 from rlreg.actors.rollout import RolloutGroup
 from rlreg.actors.session import ActorFailed, ensure_ray
@@ -17,7 +19,7 @@ from rlreg.evaluate.sampling import evaluate_model, run_baselines
 from rlreg.io import replace_dir
 from rlreg.model.checkpoint import load_checkpoint
 from rlreg.rundir import ModelFiles, RLCheckpointFiles, RunDir
-from rlreg.train.rl import RLRunner, require_rl_resources, train_rl
+from rlreg.train.rl import RLRunner, Timings, require_rl_resources, train_rl
 from rlreg.train.sft import run_sft
 from rlreg.train.task import Task, prepare_task, require_splits
 from rlreg.train.tracking import Tracker, run_plots
@@ -65,23 +67,37 @@ def _record_calibration(checkpoint: Path, run: RunDir, metrics: dict) -> None:
         load_checkpoint(checkpoint).record(calibration=metrics["calibration"])
 
 
+def _started() -> tuple[float, Timings]:
+    """The pipeline's clock, and its stages' timings starting with `startup`: from the process's start
+    to here (interpreter, imports, config), which a first run pays most for."""
+    timings = Timings()
+    timings.seconds["startup"] = max(0.0, time.time() - psutil.Process().create_time())
+    return time.monotonic(), timings
+
+
 def _payload(cfg, task: Task, stage: str, metrics: dict, baselines: dict, checkpoint: Path, started: float,
-             **extra) -> dict:
+             timings: Timings, **extra) -> dict:
     return {"stage": stage, "method": method_name(cfg), "dataset": task.dataset.name, "config": to_mapping(cfg),
             **extra, "val": metrics["val"], "test": metrics["test"], "baselines": baselines,
-            "checkpoint": str(checkpoint), "test_rows": len(task.y["test"]), "wall_s": time.monotonic() - started}
+            "checkpoint": str(checkpoint), "test_rows": len(task.y["test"]), "wall_s": time.monotonic() - started,
+            "seconds": timings.seconds}
 
 
 def run_supervised(cfg, command: str = "sft") -> dict:
     """Supervised stage end to end: data → model → SFT → sampled evaluation → metrics.json."""
-    started = time.monotonic()
+    started, timed = _started()
     tracker = Tracker(cfg.log)  # a missing tracking package fails here, before any work
-    run, task = _prepare(cfg, command)
+    with timed("prepare"):  # data, prompts, the Ray session
+        run, task = _prepare(cfg, command)
     with tracker.session(cfg, run):  # the tracked run ends FINISHED, or FAILED if this raises
-        checkpoint = _supervised_checkpoint(cfg, task, run, run.checkpoint, tracker)
-        metrics = evaluate_checkpoint(cfg, task, checkpoint, run, "sft")
+        with timed("sft"):
+            checkpoint = _supervised_checkpoint(cfg, task, run, run.checkpoint, tracker)
+        with timed("evaluate"):  # engine start included
+            metrics = evaluate_checkpoint(cfg, task, checkpoint, run, "sft")
         _record_calibration(checkpoint, run, metrics)
-        payload = _payload(cfg, task, "sft", metrics, run_baselines(task, cfg), checkpoint, started)
+        with timed("baselines"):
+            baselines = run_baselines(task, cfg)
+        payload = _payload(cfg, task, "sft", metrics, baselines, checkpoint, started, timed)
         write_metrics_json(run.metrics, payload)
         tracker.log_final(payload, run_plots(run), checkpoint)
     return payload
@@ -99,24 +115,32 @@ def run_train(cfg, resume: bool = False) -> dict:
     model) and the final metrics, evaluated the same way by sampling through the same engines."""
     if not cfg.rl.enabled:
         return run_supervised(cfg, "train")
-    started = time.monotonic()
+    started, timed = _started()
     tracker = Tracker(cfg.log)  # a missing tracking package fails here, before any work
-    run, task = _prepare(cfg, "train", resume)
+    with timed("prepare"):  # data, prompts, the Ray session
+        run, task = _prepare(cfg, "train", resume)
     require_rl_resources(cfg)  # before the supervised stage: fail in seconds, not after it
     with tracker.session(cfg, run):  # the tracked run ends FINISHED, or FAILED if this raises
-        start = _supervised_checkpoint(cfg, task, run, run.sft_checkpoint, tracker)
-        runner = RLRunner(cfg, task, start, run.path)
+        with timed("sft"):
+            start = _supervised_checkpoint(cfg, task, run, run.sft_checkpoint, tracker)
+        with timed("rl_start"):  # engines, learner group, reward pool
+            runner = RLRunner(cfg, task, start, run.path)
         try:
-            before = evaluate_model(runner.rollout, task, cfg.eval, run.path, "before")
-            final_dir, _ = train_rl(runner, resume=resume, tracker=tracker)
-            after = evaluate_model(runner.rollout, task, cfg.eval, run.path, "rl")
+            with timed("evaluate_before"):
+                before = evaluate_model(runner.rollout, task, cfg.eval, run.path, "before")
+            with timed("rl"):
+                final_dir, _ = train_rl(runner, resume=resume, tracker=tracker)
+            with timed("evaluate"):
+                after = evaluate_model(runner.rollout, task, cfg.eval, run.path, "rl")
         except ActorFailed as err:  # restarts used up: say how to continue
             raise ActorFailed(f"{err}. The run stopped; {resume_hint(run)}") from err
         finally:
             runner.shutdown()
         replace_dir(final_dir, run.checkpoint)
         _record_calibration(run.checkpoint, run, after)
-        payload = _payload(cfg, task, "rl", after, run_baselines(task, cfg), run.checkpoint, started,
+        with timed("baselines"):
+            baselines = run_baselines(task, cfg)
+        payload = _payload(cfg, task, "rl", after, baselines, run.checkpoint, started, timed,
                            algorithm=cfg.rl.advantage, before={"val": before["val"], "test": before["test"]})
         write_metrics_json(run.metrics, payload)
         tracker.log_final(payload, run_plots(run), run.checkpoint)

@@ -127,7 +127,7 @@ def ray_head():
                 if proc.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError(f"ray start --head did not come up: {(temp_root / 'ray_start.log').read_text()}")
                 time.sleep(1)
-        yield {"address": address, "env": env, "temp_root": temp_root}
+        yield {"address": address, "gcs_port": ports["port"], "env": env, "temp_root": temp_root}
     finally:
         _kill_head(proc, temp_dir)
         log.close()
@@ -187,7 +187,7 @@ def test_rlreg_train_job_submit_joins_the_cluster(ray_head, tmp_path):
     assert status == "SUCCEEDED", f"job {status}; logs:\n{logs[-4000:]}"
     # The driver joined the head through RAY_ADDRESS (set by the job supervisor) instead of
     # starting a session of its own, and ran the venv's python (the PATH of `ray start`).
-    assert "Connecting to existing Ray cluster" in logs
+    assert re.search(rf"joined the Ray cluster at [\d.]+:{ray_head['gcs_port']}\n", logs), logs[:3000]
     assert "Started a local Ray instance" not in logs
     assert re.search(rf"job python: {re.escape(str(VENV_BIN))}/python", logs), logs[:2000]
     metrics = json.loads((run_dir / "metrics.json").read_text())
@@ -208,7 +208,7 @@ def test_rlreg_tune_job_submit_runs_its_trials_on_the_cluster(ray_head, tmp_path
     status, logs = _submit(ray_head, f"rlreg-tune-{os.getpid()}",
                            f"python -m rlreg tune {config} rl.eval_every=2 rl.steps=4 run_dir={run_dir}")
     assert status == "SUCCEEDED", f"job {status}; logs:\n{logs[-4000:]}"
-    assert "Connecting to existing Ray cluster" in logs and "tune results (2 trials" in logs
+    assert re.search(rf"joined the Ray cluster at [\d.]+:{ray_head['gcs_port']}\n", logs) and "tune results (2 trials" in logs
     rows = list(csv.DictReader((run_dir / "results.csv").open()))
     assert sorted(r["reward.fn"] for r in rows) == ["neg_abs", "neg_mse"]
     assert all(r["status"] in ("finished", "stopped early") for r in rows), rows

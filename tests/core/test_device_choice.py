@@ -47,6 +47,7 @@ def test_cpu_wins_even_with_cuda_present(fresh_choice):
     assert device.has_cuda() is False
     assert (device.device_name(), device.dist_backend(), device.ray_gpus_per_actor(1.0)) == ("cpu", "gloo", 0.0)
     assert device.engine_env()["VLLM_ENABLE_V1_MULTIPROCESSING"] == "0"
+    assert device.engine_env("separate")["VLLM_ENABLE_V1_MULTIPROCESSING"] == "1"
     assert calls == []
 
 
@@ -56,7 +57,9 @@ def test_gpu_on_a_head_without_cuda_plans_gpus(fresh_choice, value):
     fresh_choice.setenv("RLREG_DEVICE", value)
     assert device.has_cuda() is True
     assert device.ray_gpus_per_actor(1.0) == 1.0
-    assert "VLLM_ENABLE_V1_MULTIPROCESSING" not in device.engine_env()  # GPU vLLM: its own engine process
+    # GPU vLLM: its engine core in its own process unless engine.process says otherwise
+    assert device.engine_env()["VLLM_ENABLE_V1_MULTIPROCESSING"] == "1"
+    assert device.engine_env("inline")["VLLM_ENABLE_V1_MULTIPROCESSING"] == "0"
     assert calls == []  # decided without asking this process's torch
 
 

@@ -60,7 +60,7 @@ def _kill_tree(proc: subprocess.Popen) -> None:
 
 
 # What rlreg itself prints on a `train` run: its status lines, stage bars and the results table.
-OWN_LINE = re.compile(r"^(run dir: |data: |sft: |rl: |rl step |test metrics |done in |method |---|"
+OWN_LINE = re.compile(r"^(run dir: |data: |joined the Ray cluster at |sft: |rl: |rl step |test metrics |done in |method |---|"
                       r"(CE|HGB|RIDGE)\S* )")
 
 
@@ -109,6 +109,10 @@ def test_resume_after_driver_sigkill_completes_run_once_per_step(tmp_path, tiny_
     logs = {p.name.rsplit("-", 1)[0]: p.stat().st_size for p in (run / "logs").glob("*.log")}
     assert {"engine", "learner-rank0", "reward"} <= set(logs), sorted(logs)  # reward actors print little
     assert logs["engine"] > 0 and logs["learner-rank0"] > 0, logs
+    # One rank: DeepSpeed's shared-memory all-reduce op is neither compiled nor loaded (it prints
+    # "... deepspeed_shm_comm_op built successfully" when it is, from the cache too).
+    learner_out = "".join(p.read_text() for p in (run / "logs").glob("learner-rank*.log"))
+    assert "shm_comm_op" not in learner_out, learner_out[-2000:]
     print(f"killed after step {max(before_resume)} (checkpoint {resumed}); resume took {time.monotonic() - t0:.0f} s")
 
     # Each step logged once, in order; the steps re-done after the checkpoint match what the killed
@@ -133,6 +137,13 @@ def test_resume_after_driver_sigkill_completes_run_once_per_step(tmp_path, tiny_
     states = torch.load(run / "rl_checkpoints" / final["tag"] / "mp_rank_00_model_states.pt", weights_only=True)
     assert states["global_steps"] == STEPS and states["lr_scheduler"]["last_epoch"] == STEPS
     assert (run / "metrics.json").is_file() and (run / "checkpoint" / "model.safetensors").is_file()
+    # Where the resumed run's time went, stage by stage, in metrics.json and on its last console line.
+    payload = json.loads((run / "metrics.json").read_text())
+    stages = payload["seconds"]
+    assert set(stages) == {"startup", "prepare", "sft", "rl_start", "evaluate_before", "rl", "evaluate", "baselines"}
+    assert all(v >= 0 for v in stages.values()) and stages["rl"] > 0 and stages["startup"] > 0
+    assert sum(v for k, v in stages.items() if k != "startup") <= payload["wall_s"]
+    assert re.search(rf"done in \d+ s \(startup \d+, prepare \d+, sft \d+, rl_start \d+, .*\); metrics: ", out.stdout)
     assert not [p.name for p in (run / "rl_checkpoints").glob("step*") if p.name != final["tag"]]
 
 

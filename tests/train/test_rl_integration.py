@@ -1,5 +1,8 @@
-"""End to end on the real stack: Ray actors, vLLM rollout engine, DeepSpeed learner ranks (W=2,
-gloo), reward actors (M=2). After every weight sync the engine's logprobs equal the learner's."""
+"""End to end on the real stack: Ray actors, vLLM rollout engine (its engine core in its own process,
+as on GPU), DeepSpeed learner ranks (W=2, gloo), reward actors (M=2). After every weight sync the
+engine's logprobs equal the learner's."""
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -18,7 +21,10 @@ def runner(tiny_task, tiny_cfg, ray_session, tmp_path_factory):
 
     cfg = load_config(None, [f"{k}={v}" for k, v in []] + [*RL])
     # Same task/model settings as the session fixture, RL settings from RL.
-    cfg.data, cfg.numbers, cfg.model, cfg.engine = tiny_cfg.data, tiny_cfg.numbers, tiny_cfg.model, tiny_cfg.engine
+    cfg.data, cfg.numbers, cfg.model = tiny_cfg.data, tiny_cfg.numbers, tiny_cfg.model
+    # The GPU default: weight syncs cross into vLLM's engine-core process (the in-process engine,
+    # the CPU default, is what every other RL test runs).
+    cfg.engine = dataclasses.replace(tiny_cfg.engine, process="separate")
     run_dir = tmp_path_factory.mktemp("rl_run")
     r = RLRunner(cfg, tiny_task, tiny_task.model_dir, run_dir)
     yield r
@@ -33,6 +39,15 @@ def _engine_vs_learner(runner, tiny_task, temperature=1.0):
                          tokens=np.asarray([tiny_task.codec.to_number_ids(r) for r in flat]))
     learner = np.concatenate(runner.learner.call("token_logprobs", temperature, batch=batch))
     return samples.logprobs.reshape(learner.shape), learner
+
+
+def test_the_engine_core_runs_in_its_own_process(runner):
+    import ray
+
+    worker = runner.rollout.workers[0]
+    children = ray.get(worker.__ray_call__.remote(lambda self: [" ".join(p.cmdline()) for p in __import__(
+        "psutil").Process().children(recursive=True)]), timeout=60)
+    assert any("EngineCore" in c for c in children), children
 
 
 def test_engine_logprobs_equal_learner_before_training(runner, tiny_task):

@@ -1,0 +1,49 @@
+"""What rlreg adds to each vLLM worker (`LLM(worker_extension_cls=...)`), reached through
+`LLM.collective_rpc`: vLLM's public route to its workers, the same call whether the engine runs
+inside the calling process or in its own engine-core process (and on every tensor-parallel
+worker). Method names carry an `rlreg_` prefix: vLLM refuses an extension whose names clash with
+its worker's."""
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import numpy as np
+
+# What rlreg.model.engine passes to vLLM: the import path of the class below.
+WORKER_EXTENSION = "rlreg.model.engine_worker.WeightLoader"
+
+
+def pack_arrays(named_arrays: Mapping[str, np.ndarray]) -> list[tuple[str, str, tuple, memoryview]]:
+    """(name, dtype, shape, buffer) per array. vLLM's msgpack channel to an engine in its own process
+    decodes an array it has no type hint for into its raw parts, so rlreg sends the parts itself; in
+    process the buffers are views (no copy)."""
+    packed = []
+    for name, array in named_arrays.items():
+        array = np.ascontiguousarray(array)
+        packed.append((name, array.dtype.str, tuple(array.shape), memoryview(array).cast("B")))
+    return packed
+
+
+def unpack_array(dtype: str, shape: Sequence[int], buffer) -> np.ndarray:
+    return np.frombuffer(buffer, dtype=np.dtype(dtype)).reshape(tuple(shape))
+
+
+class WeightLoader:
+    """Mixed into vLLM's worker class, so `self` is the worker."""
+
+    def rlreg_load_weights(self, packed: Sequence) -> int:
+        """Replace the weights in place from pack_arrays' entries; returns how many were given. Each
+        becomes a tensor only when the loader reaches it (one extra copy at a time).
+
+        `model.load_weights` fails on CPU (linear weights are repacked for oneDNN after loading);
+        the worker's `reload_weights(is_checkpoint_format=True)` redoes that processing."""
+        import logging
+
+        import torch
+
+        # The rotary embedding has buffers but no checkpoint weights; vLLM warns about it on every
+        # reload ("RotaryEmbedding: Failed to load weights"), which would flood each RL step's log.
+        logging.getLogger("vllm.model_executor.model_loader.reload.layerwise").setLevel(logging.ERROR)
+        tensors = ((name, torch.tensor(unpack_array(dtype, shape, buffer))) for name, dtype, shape, buffer in packed)
+        self.reload_weights(weights_iterator=tensors, is_checkpoint_format=True)
+        return len(packed)
