@@ -3,6 +3,7 @@ RolloutGroup spreads a batch over N of them and pushes new weights to all, and r
 that died or stopped answering (fresh engine, current weights) before retrying its share once."""
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -73,20 +74,20 @@ class RolloutWorker:
         return self.version
 
     def rng_state(self) -> bytes:
-        """The sampler's RNG: on CPU vLLM draws from this process's torch generator (seeded once, at
-        engine start: a per-request seed kills the CPU engine), so a checkpoint saves it."""
-        import torch
-
-        return torch.get_rng_state().numpy().tobytes()
+        return self.engine.rng_state()
 
     def set_rng_state(self, state: bytes) -> None:
-        import torch
-
-        torch.set_rng_state(torch.frombuffer(bytearray(state), dtype=torch.uint8))
+        self.engine.set_rng_state(state)
 
     def debug_sleep(self, seconds: float) -> None:
         """Test hook: block this actor (it runs one call at a time), as a hung engine would."""
         time.sleep(seconds)
+
+
+def chunk_size(rows: int, workers: int, largest: int) -> int:
+    """Rows per sampling call: every worker gets a share (a batch smaller than `largest` would
+    otherwise all go to the first engine), and no call is larger than `largest`."""
+    return max(1, min(largest, -(-rows // max(1, workers))))
 
 
 class RolloutGroup:
@@ -105,17 +106,25 @@ class RolloutGroup:
             # session.actor_env looked up at call time: benchmarks/scaling.py stands in for it there.
             runtime_env={"env_vars": {**device.engine_env(engine_cfg.process), **session.actor_env()}},
         )
-        self.workers = [self._cls.remote(*self._args) for _ in range(workers)]
+        self.workers = [self._start_worker(w) for w in range(workers)]
         wait_for_start([w.ready.remote() for w in self.workers], ray_cfg.actor_start_timeout_s,
                        f"starting {workers} rollout worker(s) (vLLM engine)", self.shutdown)
         self._weights_ref = None  # the last weights pushed: a replacement engine loads them
         self.restarts = 0
+
+    def _start_worker(self, w: int):
+        """Worker w's engine is seeded engine.seed + w: with one seed, every engine would draw the same
+        samples for the same prompts. A replacement for worker w takes its seed."""
+        model_dir, engine_cfg, max_model_len, torch_threads = self._args
+        return self._cls.remote(model_dir, dataclasses.replace(engine_cfg, seed=engine_cfg.seed + w), max_model_len,
+                                torch_threads)
 
     def sample(self, inputs: dict, allowed: list[list[int]], n: int, temperature: float,
                chunk: int = 256) -> Samples:
         """inputs: {"prompts": [...], optional "features": [N, f]} (Task.inputs). Chunks are dealt
         round-robin to the workers; results come back in input order."""
         prompts, features = inputs["prompts"], inputs.get("features")
+        chunk = chunk_size(len(prompts), len(self.workers), chunk)
         starts = list(range(0, len(prompts), chunk))
         parts = self._call(starts, lambda w, a: w.sample.remote(
             prompts[a : a + chunk], allowed, n, temperature, None if features is None else features[a : a + chunk]),
@@ -178,7 +187,7 @@ class RolloutGroup:
         print(f"rlreg: {reason}; starting a replacement ({self.restarts} of ray.max_restarts={limit})",
               file=sys.stderr, flush=True)
         ray.kill(self.workers[w], no_restart=True)  # a hung engine cannot be interrupted otherwise
-        worker = self._cls.remote(*self._args)
+        worker = self._start_worker(w)
         wait_for_start(worker.ready.remote(), self.ray_cfg.actor_start_timeout_s,
                        f"restarting rollout worker {w} (vLLM engine)", lambda: ray.kill(worker))
         if self._weights_ref is not None:  # else it loaded the model directory the group started from

@@ -66,6 +66,12 @@ class NumberEngine:
             raise RuntimeError(f"vLLM workers loaded {loaded} of {len(packed)} weight tensors")
         self.llm.reset_prefix_cache()
 
+    def rng_state(self) -> bytes:
+        return self.llm.collective_rpc("rlreg_rng_state", timeout=self.cfg.timeout_s)[0]
+
+    def set_rng_state(self, state: bytes) -> None:
+        self.llm.collective_rpc("rlreg_set_rng_state", timeout=self.cfg.timeout_s, args=(state,))
+
     def sample(self, prompts: Sequence[Sequence[int]], allowed: list[list[int]], n: int,
                temperature: float, embeddings: Sequence | None = None) -> Samples:
         """n constrained completions of len(allowed) tokens per prompt; temperature 0 is greedy.

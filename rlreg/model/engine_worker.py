@@ -47,3 +47,27 @@ class WeightLoader:
         tensors = ((name, torch.tensor(unpack_array(dtype, shape, buffer))) for name, dtype, shape, buffer in packed)
         self.reload_weights(weights_iterator=tensors, is_checkpoint_format=True)
         return len(packed)
+
+    def rlreg_rng_state(self) -> bytes:
+        """The sampler's generators in this worker's process (CPU, and CUDA where there is one): vLLM
+        seeds them once, at engine start (a per-request seed kills the CPU engine), so a checkpoint
+        saves them. Read here, not in the caller: with the engine core in its own process, the
+        caller's generator is not the one that samples."""
+        import torch
+
+        states = [torch.get_rng_state()] + ([torch.cuda.get_rng_state()] if torch.cuda.is_available() else [])
+        return b"".join(len(b).to_bytes(8, "little") + b for b in (s.numpy().tobytes() for s in states))
+
+    def rlreg_set_rng_state(self, blob: bytes) -> None:
+        import torch
+
+        states, at = [], 0
+        while at < len(blob):
+            size = int.from_bytes(blob[at : at + 8], "little")
+            if size <= 0 or at + 8 + size > len(blob):
+                raise ValueError("the engine RNG state given is not one rlreg_rng_state wrote")
+            states.append(torch.frombuffer(bytearray(blob[at + 8 : at + 8 + size]), dtype=torch.uint8))
+            at += 8 + size
+        torch.set_rng_state(states[0])
+        if len(states) > 1:
+            torch.cuda.set_rng_state(states[1])
