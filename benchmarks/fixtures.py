@@ -1,6 +1,7 @@
 """The task every benchmark runs on: scikit-learn's diabetes rows written as text prompts
 (≈ 40–50 BPE tokens each), targets as 8 base-2 number tokens, a fresh Llama-style model of a
-named size. Built once per benchmark in a temporary folder."""
+named size — or a pretrained Hugging Face checkpoint started through `model.pretrained` (a size
+name registered with `pretrained_size`). Built once per benchmark in a temporary folder."""
 from __future__ import annotations
 
 import contextlib
@@ -20,18 +21,40 @@ RL = ["rl.advantage=grpo", "rl.expert_ce_coef=0", "rl.kl_coef=0", "rl.ppo_epochs
       "ray.actor_start_timeout_s=900", "ray.call_timeout_s=900"]
 
 
-def model_overrides(size: str) -> list[str]:
+# Size names that stand for a pretrained checkpoint directory (model.pretrained) instead of a
+# from-scratch shape: measure_size and friends take them like any size (see pretrained_size).
+PRETRAINED: dict[str, Path] = {}
+
+
+def model_overrides(size: str, pretrained: Path | None = None) -> list[str]:
+    pretrained = pretrained or PRETRAINED.get(size)
+    if pretrained is not None:  # the checkpoint's architecture decides layers, hidden size and heads
+        return [f"model.pretrained={Path(pretrained).resolve()}"]
     return [f"model.{k}={v}" for k, v in SIZES[size].items()]
 
 
-def make_task(size: str, workdir: Path, extra: list[str] = ()):
-    """(config, task) for a model of `size`, built under workdir."""
+def make_task(size: str, workdir: Path, extra: list[str] = (), dtype: str = "float32",
+              pretrained: Path | None = None):
+    """(config, task) for a model of `size` in `dtype` (model.dtype: the engine and the learner
+    follow it), built under workdir; with `pretrained` (or a size registered by pretrained_size)
+    the checkpoint directory is adopted through model.pretrained instead of building a model."""
     from rlreg.config import load_config
     from rlreg.train.task import prepare_task
 
-    run_dir = Path(workdir) / f"task-{size}"
-    cfg = load_config(None, [*TASK, *RL, *model_overrides(size), *extra, f"run_dir={run_dir}"])
+    run_dir = Path(workdir) / f"task-{size}-{dtype}"
+    cfg = load_config(None, [*TASK, *RL, *model_overrides(size, pretrained), f"model.dtype={dtype}", *extra,
+                             f"run_dir={run_dir}"])
     return cfg, prepare_task(cfg, run_dir)
+
+
+@contextlib.contextmanager
+def pretrained_size(name: str, checkpoint: Path) -> Iterator[str]:
+    """While open, size `name` means the checkpoint directory `checkpoint` (model.pretrained)."""
+    PRETRAINED[name] = Path(checkpoint)
+    try:
+        yield name
+    finally:
+        PRETRAINED.pop(name, None)
 
 
 @contextlib.contextmanager

@@ -49,15 +49,16 @@ def learner_publish(rank) -> dict:
 def rollout_load(worker, boxed_ref: list) -> dict:
     """RolloutWorker.load_weights split into the object-store read, reload_weights and the reset."""
     import ray
-    import torch
 
     from rlreg.model.encoder import ENCODER_PREFIX
+
+    from rlreg.model.engine_worker import pack_arrays
 
     t0 = time.perf_counter()
     arrays = ray.get(boxed_ref[0])
     t1 = time.perf_counter()
-    tensors = ((k, torch.as_tensor(v)) for k, v in arrays.items() if not k.startswith(ENCODER_PREFIX))
-    worker.engine._worker().reload_weights(weights_iterator=tensors, is_checkpoint_format=True)
+    packed = pack_arrays({k: v for k, v in arrays.items() if not k.startswith(ENCODER_PREFIX)})
+    worker.engine.llm.collective_rpc("rlreg_load_weights", args=(packed,))  # what NumberEngine.load_weights runs
     t2 = time.perf_counter()
     worker.engine.llm.reset_prefix_cache()
     t3 = time.perf_counter()

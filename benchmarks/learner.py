@@ -19,13 +19,15 @@ def build_model(size: str):
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
+    from rlreg.model.encoder import PolicyModel
+
     spec = SIZES[size]
     config = LlamaConfig(vocab_size=VOCAB, hidden_size=spec["hidden"], intermediate_size=4 * spec["hidden"],
                          num_hidden_layers=spec["layers"], num_attention_heads=spec["heads"],
                          num_key_value_heads=spec["heads"], head_dim=spec["hidden"] // spec["heads"],
                          max_position_embeddings=256, tie_word_embeddings=False, pad_token_id=0)
     torch.manual_seed(0)
-    return LlamaForCausalLM(config).float().train()
+    return PolicyModel(LlamaForCausalLM(config), None, None).float().train()
 
 
 def make_batch(n_prompts: int, group: int, prompt_len: int, length: int, seed: int):
@@ -45,7 +47,7 @@ def step_fn(model, head, batch, shared: bool):
     prompts, digits, advantages = batch
 
     def step() -> None:
-        logits = answer_logits(model, prompts, head.token_ids[digits], 0, shared_prefix=shared)
+        logits = answer_logits(model, prompts, head.token_ids[digits], 0, head.token_ids, shared_prefix=shared)
         logp = gather_tokens(head.logprobs(logits), digits)
         loss = -(logp.sum(-1) * advantages).mean()
         loss.backward()
@@ -62,8 +64,8 @@ def max_difference(model, head, batch) -> float:
 
     prompts, digits, _ = batch
     with torch.no_grad():
-        a = answer_logits(model, prompts, head.token_ids[digits], 0, shared_prefix=True)
-        b = answer_logits(model, prompts, head.token_ids[digits], 0, shared_prefix=False)
+        a = answer_logits(model, prompts, head.token_ids[digits], 0, head.token_ids, shared_prefix=True)
+        b = answer_logits(model, prompts, head.token_ids[digits], 0, head.token_ids, shared_prefix=False)
     return float((a - b).abs().max())
 
 

@@ -1,7 +1,11 @@
-"""sync: one weight sync as RLRunner.sync does it — LearnerGroup.publish_weights (rank 0's weights
-as numpy, left in Ray's object store) → RolloutGroup.load_weights (every engine reads them and
-runs vLLM's reload_weights, then drops its prefix cache) — vs one in-memory copy of the state dict
-({k: v.clone()} inside the learner actor), at ≈ 1 M, 25 M and 100 M parameters.
+"""sync: one weight sync by each route of rlreg.actors.weight_sync, side by side, vs one in-memory
+copy of the state dict ({k: v.clone()} inside the learner actor), at ≈ 1 M, 25 M and 100 M parameters:
+
+- object_store: LearnerGroup.publish_weights (rank 0's weights as numpy, left in Ray's object
+  store) → RolloutGroup.load_weights (every engine reads them and runs vLLM's reload_weights
+  through rlreg's worker extension, then drops its prefix cache);
+- collective: learner rank 0 broadcasts the parameters in sync.bucket_mb buckets over a gloo group
+  with the engine worker, which loads each bucket as it arrives (the group formed once, untimed).
 
 A second, instrumented pass through the same actors splits the time: publish (gather + numpy on
 rank 0), transfer (object-store write on the learner + read on the engine), reload_weights,
@@ -21,8 +25,10 @@ SPLIT = ("publish", "transfer", "reload_weights", "prefix_cache_reset")
 def measure_size(size: str, args: BenchArgs, root) -> dict:
     import ray
 
+    from rlreg.actors.config import SyncConfig
     from rlreg.actors.learner import LearnerGroup
     from rlreg.actors.rollout import RolloutGroup
+    from rlreg.actors.weight_sync import CollectiveSync
 
     from benchmarks import inside
 
@@ -32,8 +38,13 @@ def measure_size(size: str, args: BenchArgs, root) -> dict:
     rank, worker = learner.ranks[0], rollout.workers[0]
     splits: list[dict] = []
 
-    def real_sync() -> float:  # exactly RLRunner.sync
+    def object_store_sync() -> float:  # RLRunner.sync with sync.route=object_store
         return timed(lambda: rollout.load_weights(learner.publish_weights()))
+
+    collective = CollectiveSync(SyncConfig(route="collective"))
+
+    def collective_sync() -> float:  # RLRunner.sync with sync.route=collective
+        return timed(lambda: collective.sync(learner, rollout))
 
     def copy() -> float:
         return ray.get(rank.__ray_call__.remote(inside.learner_copy_seconds))
@@ -49,13 +60,17 @@ def measure_size(size: str, args: BenchArgs, root) -> dict:
         return seconds
 
     try:
-        raw = interleaved({"sync": real_sync, "copy": copy, "instrumented_sync": instrumented}, args.repeats)
+        raw = interleaved({"sync": object_store_sync, "collective_sync": collective_sync, "copy": copy,
+                           "instrumented_sync": instrumented}, args.repeats)
+        sent = collective.last["sync_bytes"]
     finally:
         rollout.shutdown()
         learner.shutdown()
     splits = splits[-args.repeats:]  # drop the warm-up round
     seconds = {k: median(v) for k, v in raw.items()}
     return {"params": parameter_count(task), "seconds": seconds, "ratio": seconds["copy"] / seconds["sync"],
+            "collective_ratio": seconds["copy"] / seconds["collective_sync"], "bytes": sent,
+            "bytes_per_s": {"object_store": sent / seconds["sync"], "collective": sent / seconds["collective_sync"]},
             "split": {k: median([s[k] for s in splits]) for k in SPLIT}, "raw": raw, "raw_split": splits}
 
 
@@ -69,15 +84,18 @@ def run(args: BenchArgs) -> dict:
     with workdir() as root:
         per_size = {size: measure_size(size, args, root) for size in sizes}
     headline = "25M" if "25M" in per_size else sizes[-1]
-    rows = [[s, r["params"], r["seconds"]["sync"], r["seconds"]["copy"], r["ratio"],
-             *(r["split"][k] for k in SPLIT)] for s, r in per_size.items()]
-    print_table("sync: seconds (median)", ["size", "params", "sync", "copy", "copy/sync", *SPLIT], rows)
+    rows = [[s, r["params"], r["seconds"]["sync"], r["seconds"]["collective_sync"], r["seconds"]["copy"], r["ratio"],
+             r["collective_ratio"], *(r["split"][k] for k in SPLIT)] for s, r in per_size.items()]
+    print_table("sync: seconds (median)", ["size", "params", "object_store", "collective", "copy", "copy/os",
+                                           "copy/coll", *SPLIT], rows)
     config = {"sizes": sizes, "rollout_workers": 1, "learner_ranks": 1, "zero_stage": 1, "dtype": "float32",
               "repeats": args.repeats, "warmup_rounds": 1,
-              "sync": "RolloutGroup.load_weights(LearnerGroup.publish_weights()) (= RLRunner.sync)",
+              "sync": "RolloutGroup.load_weights(LearnerGroup.publish_weights()) (RLRunner.sync, sync.route=object_store)",
+              "collective_sync": "CollectiveSync.sync (RLRunner.sync, sync.route=collective, sync.bucket_mb=64, gloo)",
               "copy": "{k: v.clone() for k, v in state_dict().items()} inside the learner actor",
               "split": "instrumented replica of the same path inside the same actors (Ray __ray_call__)"}
-    medians = {s: {"seconds": r["seconds"], "ratio": r["ratio"], "split": r["split"], "params": r["params"]}
+    medians = {s: {"seconds": r["seconds"], "ratio": r["ratio"], "collective_ratio": r["collective_ratio"],
+                   "bytes": r["bytes"], "bytes_per_s": r["bytes_per_s"], "split": r["split"], "params": r["params"]}
                for s, r in per_size.items()}
     return result(NAME, config, medians, {s: r["raw"] for s, r in per_size.items()}, per_size[headline]["ratio"],
                   f"copy seconds over sync seconds at {headline} (>= 0.5 means sync within 2x of one copy)",

@@ -7,7 +7,7 @@ import os
 import sys
 from typing import Sequence
 
-from rlreg import console
+from rlreg import console, device
 from rlreg.commands.bench import BENCHMARKS
 from rlreg.errors import RlregError
 
@@ -52,6 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("config")
     train.add_argument("overrides", nargs="*")
     train.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint")
+    train.add_argument("--dry-run", action="store_true",
+                       help="check the config and print where the learner ranks and engines would run; start nothing")
     train.set_defaults(func=_command("train"))
 
     tune = sub.add_parser("tune", help="Ray Tune sweep over the config's tune.space (each trial a full RL run)",
@@ -122,6 +124,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args, extra = parser.parse_known_args([a for a in argv if a not in VERBOSE_FLAGS])
     console.set_verbose(verbose or console.verbose())
     console.hush_libraries()
+    device.name_deepspeed_accelerator()
     # argparse stops filling a positional list at the first option, so `key=value` settings written
     # after options (`rlreg predict CKPT --input a.csv --output b.csv engine.seed=1`) arrive here.
     if extra and isinstance(getattr(args, "overrides", None), list) and all(

@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from rlreg.actors.config import LearnerConfig, RayConfig, RewardConfig
+from rlreg.actors.config import LearnerConfig, RayConfig, RewardConfig, SyncConfig
+from rlreg.actors.placement import plan_for
 from rlreg.configlib import apply_overrides, from_mapping, read_yaml, write_yaml
 from rlreg.data.config import DataConfig
 from rlreg.errors import ConfigError
@@ -30,6 +31,7 @@ class RunConfig:
     engine: EngineConfig = field(default_factory=EngineConfig)
     ray: RayConfig = field(default_factory=RayConfig)
     learner: LearnerConfig = field(default_factory=LearnerConfig)
+    sync: SyncConfig = field(default_factory=SyncConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     rl: RLConfig = field(default_factory=RLConfig)
@@ -39,6 +41,8 @@ class RunConfig:
 
     def validate(self) -> None:
         check_space_keys(self.tune.space, RunConfig)
+        if self.ray.colocate:  # the engine count and memory share colocation needs, before anything starts
+            plan_for(self)
 
 
 def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> RunConfig:

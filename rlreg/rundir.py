@@ -15,13 +15,34 @@ class ModelFiles:
     META = "rlreg_meta.json"  # number format, token ids (rlreg.model.build.ModelMeta)
     TASK = "task.json"  # fitted scaler, data settings, fitted tabular preprocessing
     WEIGHTS = "model.safetensors"
+    WEIGHTS_INDEX = "model.safetensors.index.json"  # a sharded checkpoint's tensor → file map
     HF_CONFIG = "config.json"
     TOKENIZER = "tokenizer.json"
     # In a subfolder: vLLM loads every *.safetensors at the top of a model directory.
     ENCODER_WEIGHTS = "feature_encoder/weights.safetensors"
     ENCODER_SPEC = "feature_encoder/spec.json"
     # Written by the learner, so not copied from the directory a run started from.
-    LEARNER_OUTPUTS = (WEIGHTS, HF_CONFIG, "generation_config.json")
+    # The index too: a copied index would name shards the learner did not write, and vLLM picks
+    # the weight files to load from the index when there is one.
+    LEARNER_OUTPUTS = (WEIGHTS, WEIGHTS_INDEX, HF_CONFIG, "generation_config.json")
+
+    @classmethod
+    def weight_files(cls, model_dir: str | Path) -> list[Path]:
+        """The safetensors files of a model directory: the shards its index names, or the single
+        file; [] when the weights are not (all) there."""
+        model_dir = Path(model_dir)
+        index = model_dir / cls.WEIGHTS_INDEX
+        if index.is_file():
+            import json
+
+            try:
+                shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+            except (OSError, ValueError, KeyError, AttributeError) as err:
+                raise ConfigError(f"{index}: not a safetensors index ({err})") from err
+            paths = [model_dir / name for name in shards]
+            return paths if paths and all(p.is_file() for p in paths) else []
+        single = model_dir / cls.WEIGHTS
+        return [single] if single.is_file() else []
 
 
 class RLCheckpointFiles:

@@ -45,6 +45,17 @@ def engine(tiny_task, tiny_cfg):
     return NumberEngine(tiny_task.model_dir, tiny_cfg.engine, tiny_cfg.model.max_positions)
 
 
+@pytest.fixture
+def fresh_choice(monkeypatch):
+    """rlreg.device decides anew (has_cuda is cached per process); yields monkeypatch for setenv."""
+    from rlreg import device
+
+    monkeypatch.delenv(device.DEVICE_ENV, raising=False)
+    device.has_cuda.cache_clear()
+    yield monkeypatch
+    device.has_cuda.cache_clear()
+
+
 @pytest.fixture(scope="session")
 def ray_session():
     """One local Ray session for every test that runs actors (ray.init costs 4-8 s here)."""
@@ -67,3 +78,21 @@ def pytest_collection_modifyitems(config, items):
     if unmarked:
         raise pytest.UsageError("mark these tests @pytest.mark.engine (they use the engine or ray_session "
                                 "fixture): " + ", ".join(unmarked))
+
+
+def run_tune(config: Path, args: list[str], timeout_s: float):
+    """`rlreg tune config args` in a subprocess with its own local Ray session (apart from the
+    suite's: no RAY_ADDRESS, its own temp dir, removed after)."""
+    import shutil
+    import subprocess
+    import sys
+    import tempfile
+
+    temp_root = Path(tempfile.mkdtemp(prefix="rlreg-tune-"))
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env.update(RAY_TMPDIR=str(temp_root), RAY_USAGE_STATS_ENABLED="0")
+    try:
+        return subprocess.run([sys.executable, "-m", "rlreg", "tune", str(config), *args], env=env,
+                              capture_output=True, text=True, timeout=timeout_s)
+    finally:
+        shutil.rmtree(temp_root, ignore_errors=True)

@@ -91,6 +91,8 @@ class SplitRun:
         record = {"rmse": m["rmse"], "rmse_ci": m["rmse_ci"], "mae": m["mae"], "r2": m["r2"], "crps": m["crps"],
                   "coverage90": m["coverage90"], "width90": m["width90"], "coverage90_calibrated": cal.get("coverage"),
                   "width90_calibrated": cal.get("width"), "calibration_q90": cal.get("q"),
+                  "calibration_method": calibration.method if calibration else None,
+                  "calibration_offset": calibration.offset if calibration else None,
                   "k_val": int(val.shape[1]), "k_test": int(test.shape[1]),
                   "invalid_rate": m["invalid_rate"], "aggregation": how}
         curve = []

@@ -26,14 +26,23 @@ def _mean(values: list[Any]) -> float | None:
 
 def coverage_summary(records: list[dict]) -> dict:
     """Per dataset and LM method: mean over splits of the test coverage and width of the 90 % sample
-    interval, raw and split-conformal calibrated on validation."""
+    interval, raw and split-conformal calibrated on validation. The calibrated means are over the
+    runs calibrated by the current method only (n_calibrated): runs recorded before the score's
+    offset existed (no calibration_method) carry the older, spread-only calibration."""
+    from rlreg.evaluate.calibration import METHOD
+
     acc: dict = defaultdict(lambda: defaultdict(list))
     for r in records:
         if not r.get("error") and r.get("coverage90") is not None:
             acc[r["dataset"]][r["method"]].append(r)
-    keys = ("coverage90", "width90", "coverage90_calibrated", "width90_calibrated")
-    return {ds: {m: {"n": len(rs), **{k: _mean([x.get(k) for x in rs]) for k in keys}} for m, rs in methods.items()}
-            for ds, methods in sorted(acc.items())}
+
+    def summary(rs: list[dict]) -> dict:
+        current = [x for x in rs if x.get("calibration_method") == METHOD]
+        return {"n": len(rs), **{k: _mean([x.get(k) for x in rs]) for k in ("coverage90", "width90")},
+                "n_calibrated": len(current),
+                **{k: _mean([x.get(k) for x in current]) for k in ("coverage90_calibrated", "width90_calibrated")}}
+
+    return {ds: {m: summary(rs) for m, rs in methods.items()} for ds, methods in sorted(acc.items())}
 
 
 def budget_summary(preset: dict, records: list[dict]) -> dict:

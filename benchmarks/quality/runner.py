@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from benchmarks.common import load_average
-from benchmarks.quality.presets import get_preset
+from benchmarks.quality.presets import RL_METHODS, get_preset
 from rlreg.rundir import ModelFiles, RunDir
 
 NAME = "quality"
@@ -185,6 +185,12 @@ def run_preset(preset: dict, output: Path) -> dict:
             ce_model = RunDir(run.work_dir / "CE").sft_model
             if "CE" not in todo and (ce_model / ModelFiles.WEIGHTS).is_file():
                 run.ce_dir = ce_model  # CE finished in an earlier invocation
+            elif "CE" not in todo and any(m in RL_METHODS for m in todo):
+                # CE's record is here but its model is not (runs/ stays on the machine that trained
+                # it): train CE again, its new record replacing the old, so that the RL runs start
+                # from the CE model the results report.
+                print(f"  {name} split {split}: CE model not on this machine; training CE again", flush=True)
+                todo = ["CE", *todo]
             for method in todo:
                 record, curve = run.run(method)
                 _print_run(record)

@@ -17,12 +17,15 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 from rlreg import device
 from rlreg.actors.config import LearnerConfig, RayConfig
 from rlreg.actors.learner_rank import LearnerRank
+from rlreg.actors.placement import ActorPlacement, SharedPlacement
 from rlreg.actors import session
 from rlreg.actors.session import ActorFailed, get_with_timeout, require_resources, wait_for_actors
-from rlreg.algos.experience import LearnerBatch
+from rlreg.algos.experience import LearnerBatch, merge_stats  # noqa: F401 (merge_stats: the callers' import)
 from rlreg.errors import RemoteTimeout
 from rlreg.io import replace_dir
 from rlreg.model.checkpoint import copy_model_extras
+from rlreg.model.config import LoraConfig
+from rlreg.model.lora import ADAPTER_DIR, check_learner_supports
 
 
 class LearnerLost(ActorFailed):
@@ -40,45 +43,54 @@ class LearnerGroup:
     """Driver-side handle on W learner ranks: shards batches, calls the ranks together."""
 
     def __init__(self, model_dir: str | Path, cfg: LearnerConfig, lr: float, total_steps: int, ray_cfg: RayConfig,
-                 seed: int = 0):
+                 seed: int = 0, shared: SharedPlacement | None = None, lora: LoraConfig | None = None):
+        """`shared`: a placement group the caller reserved for the ranks and engines together
+        (ray.colocate); else the group reserves one bundle per rank itself. `lora` (model.lora):
+        train adapters on the frozen model_dir (None: every weight)."""
+        check_learner_supports(lora, cfg.zero_stage)  # before anything is reserved or started
         self.cfg = cfg
         self.ray_cfg = ray_cfg
-        bundle = {"CPU": ray_cfg.learner_cpus, **ray_cfg.learner_resources}
-        if device.has_cuda():
-            bundle["GPU"] = 1
-        require_resources(cfg.world_size * bundle["CPU"], cfg.world_size * bundle.get("GPU", 0),
-                          f"the learner group ({cfg.world_size} rank(s))")
+        self.lora = lora
+        gpus = ray_cfg.learner_gpus if device.has_cuda() else 0.0
+        self._places = shared.plan.learners if shared is not None else [
+            ActorPlacement(r, ray_cfg.learner_cpus, gpus, dict(ray_cfg.learner_resources)) for r in range(cfg.world_size)]
+        if shared is None:
+            require_resources(sum(p.num_cpus for p in self._places), sum(p.num_gpus for p in self._places),
+                              f"the learner group ({cfg.world_size} rank(s))")
         # Inside a Ray Tune trial, the trial's placement group already holds the ranks' resources
         # (rlreg.tune.sweep sizes it); a group of our own would wait for what the trial reserved.
-        self._owns_placement = _enclosing_placement_group() is None
+        self._enclosing = _enclosing_placement_group() if shared is None else None
+        self._owns_placement = shared is None and self._enclosing is None
+        self.placement = shared.group if shared is not None else None
         self.ranks: list = []
         try:
-            self._start(model_dir, bundle, lr, total_steps, seed)
+            self._start(model_dir, lr, total_steps, seed)
         except BaseException:
             # Ranks that started and a reserved placement group would otherwise hold the session's
             # CPUs until it ends, and every later start in it would wait for them.
             self.shutdown()
             raise
 
-    def _start(self, model_dir, bundle: dict, lr: float, total_steps: int, seed: int) -> None:
+    def _start(self, model_dir, lr: float, total_steps: int, seed: int) -> None:
         cfg, ray_cfg = self.cfg, self.ray_cfg
-        self.placement = None
         if self._owns_placement:
             # One bundle per rank; PACK keeps ranks together when they fit, spreads them when not.
-            self.placement = placement_group([bundle] * cfg.world_size, strategy="PACK")
+            bundles = [{"CPU": p.num_cpus, **p.resources, **({"GPU": p.num_gpus} if p.num_gpus else {})}
+                       for p in self._places]
+            self.placement = placement_group(bundles, strategy="PACK")
             get_with_timeout(self.placement.ready(), ray_cfg.actor_start_timeout_s,
-                             f"reserving {cfg.world_size} learner bundle(s) {bundle}")
-        else:
-            self.placement = _enclosing_placement_group()
+                             f"reserving {cfg.world_size} learner bundle(s) {bundles[0]}")
+        elif self._enclosing is not None:
+            self.placement = self._enclosing
         actor_cls = ray.remote(LearnerRank)
         # session.actor_env looked up at call time: benchmarks/scaling.py stands in for it there.
         self.ranks = [
             actor_cls.options(
-                num_cpus=ray_cfg.learner_cpus, num_gpus=bundle.get("GPU", 0), resources=dict(ray_cfg.learner_resources),
+                num_cpus=place.num_cpus, num_gpus=place.num_gpus, resources=dict(place.resources),
                 runtime_env={"env_vars": session.actor_env()}, scheduling_strategy=PlacementGroupSchedulingStrategy(
-                    self.placement, placement_group_bundle_index=r if self._owns_placement else -1),
-            ).remote(r, cfg.world_size, str(model_dir), cfg, lr, total_steps, ray_cfg.torch_threads, seed)
-            for r in range(cfg.world_size)
+                    self.placement, placement_group_bundle_index=-1 if self._enclosing is not None else place.bundle),
+            ).remote(r, cfg.world_size, str(model_dir), cfg, lr, total_steps, ray_cfg.torch_threads, seed, self.lora)
+            for r, place in enumerate(self._places)
         ]
         # The ranks meet (torch.distributed's TCP store) on rank 0's node, which may not be this one:
         # rank 0 names its node's IP and a free port there (on one machine, a local address).
@@ -94,17 +106,20 @@ class LearnerGroup:
     def call(self, method: str, *args: Any, batch: LearnerBatch | None = None, what: str = "") -> list[Any]:
         """LearnerRank.`method` on every rank at once; per-rank results in rank order. With `batch`,
         rank r gets its contiguous shard as the first argument (`batch.shard_sizes(world_size)` are
-        the weights for merge_stats); without, every rank gets the same arguments."""
+        the weights for merge_stats; LearnerBatch.shards sets each shard's loss weight, micro-batch
+        passes and, for a rank left without rows, its stand-in row); without, every rank gets the
+        same arguments."""
         if batch is None:
             refs = [getattr(rank, method).remote(*args) for rank in self.ranks]
         else:
             refs = [getattr(rank, method).remote(shard, *args)
-                    for rank, shard in zip(self.ranks, batch.shards(self.world_size))]
-        return self._get(refs, what or f"learner {method}")
+                    for rank, shard in zip(self.ranks, batch.shards(self.world_size, self.cfg.micro_batch_size))]
+        return self.wait(refs, what or f"learner {method}")
 
-    def _get(self, refs: list, what: str) -> list[Any]:
-        """Time-limited wait on the ranks; a dead or hung rank loses the whole group's state (its
-        peers block in collectives), so both become LearnerLost for the RL loop to restore from."""
+    def wait(self, refs: list, what: str) -> list[Any]:
+        """Results of calls to the ranks (refs), each wait time-limited. A dead or hung rank loses the
+        whole group's state (its peers block in collectives), so both become LearnerLost for the RL
+        loop to restore from."""
         try:
             return get_with_timeout(refs, self.ray_cfg.call_timeout_s, what)
         except ray.exceptions.RayActorError as err:
@@ -117,7 +132,7 @@ class LearnerGroup:
         every rank's small status value, so a dead rank surfaces here as LearnerLost and not later,
         in the engines, as a broken weights object."""
         status, weights = zip(*[r.publish.options(num_returns=2).remote() for r in self.ranks])
-        self._get(list(status), "learner weight gather")
+        self.wait(list(status), "learner weight gather")
         return weights[0]
 
     def save_model(self, out_dir: Path, extras_from: Path) -> Path:
@@ -128,6 +143,9 @@ class LearnerGroup:
         shutil.rmtree(tmp, ignore_errors=True)  # left by a crash: start the directory afresh
         self.call("save_model", str(tmp), what="saving the model")
         copy_model_extras(extras_from, tmp)
+        if self.lora is None:
+            # A start model saved by a LoRA run holds adapters for its own base, not this model.
+            shutil.rmtree(tmp / ADAPTER_DIR, ignore_errors=True)
         return replace_dir(tmp, out_dir)
 
     # What rlreg.train.checkpoints (and its test doubles) call on a learner.
@@ -144,13 +162,3 @@ class LearnerGroup:
             remove_placement_group(self.placement)
             self._owns_placement = False  # shutdown may be called again (idempotent)
 
-
-def merge_stats(results: list[dict], weights: list[int]) -> dict:
-    """Row-weighted mean of each numeric stat across ranks."""
-    total = max(1, sum(weights))
-    merged: dict[str, float] = {}
-    for stats, w in zip(results, weights):
-        for key, value in stats.items():
-            if isinstance(value, (int, float)):
-                merged[key] = merged.get(key, 0.0) + float(value) * w / total
-    return merged

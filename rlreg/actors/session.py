@@ -113,3 +113,26 @@ def wait_for_start(refs: Any, timeout_s: float, what: str, release) -> Any:
     except BaseException:
         release()
         raise
+
+
+def reserve_shared_placement(plan, cfg: RayConfig):
+    """A placement group of plan.bundles for the learner and rollout groups to share (ray.colocate),
+    reserved within ray.actor_start_timeout_s."""
+    from ray.util.placement_group import placement_group
+
+    from rlreg.actors.placement import SharedPlacement
+
+    group = placement_group(plan.bundles, strategy=plan.strategy)
+    try:
+        get_with_timeout(group.ready(), cfg.actor_start_timeout_s, f"reserving {len(plan.bundles)} shared bundle(s) "
+                                                                   f"{plan.bundles[0]} for engines and learner ranks")
+    except BaseException:
+        release_shared_placement(SharedPlacement(group, plan))
+        raise
+    return SharedPlacement(group, plan)
+
+
+def release_shared_placement(shared) -> None:
+    from ray.util.placement_group import remove_placement_group
+
+    remove_placement_group(shared.group)

@@ -27,6 +27,11 @@ class LearnerBatch:
     old_logp: np.ndarray | None = None  # [N, L] the engine's logprobs of the tokens
     advantages: np.ndarray | None = None  # [N]
     expert: np.ndarray | None = None  # int [N, L] expert target ids
+    # Set by shards() for one learner rank (see there); the defaults are one rank's whole batch.
+    loss_scale: float = 1.0  # multiplies the mean loss over these rows
+    micro_batch_size: int | None = 0  # rows per forward/backward pass; 0/None: all in one
+    passes: int = 1  # forward/backward passes every rank makes in one step
+    stand_in: "LearnerBatch | None" = None  # a shard without rows runs this one row instead, at weight 0
 
     @classmethod
     def of(cls, inputs: dict, tokens: np.ndarray | None = None, **rows) -> "LearnerBatch":
@@ -58,18 +63,104 @@ class LearnerBatch:
     def shard_sizes(self, world_size: int) -> list[int]:
         return np.diff(self._bounds(world_size)).tolist()
 
-    def shards(self, world_size: int) -> list["LearnerBatch"]:
-        """world_size contiguous slices covering every row once (sizes differ by at most one)."""
+    def shards(self, world_size: int, micro_batch_size: int | None = 0) -> list["LearnerBatch"]:
+        """world_size contiguous slices covering every row once (sizes differ by at most one), each
+        set up so that the ranks' gradients, which DeepSpeed averages with equal weights, are the
+        gradient of the mean loss over the whole batch:
+
+        - loss_scale = the shard's rows / the batch's rows × world_size. A rank's loss is the mean
+          over its own rows, so with uneven shards (5 rows on 2 ranks: 2 and 3) an equal average
+          would weigh rows of the smaller shard more; this scale makes every row weigh 1/N, as on
+          one rank. (A sum over rows / N on every rank is the same thing, but the objectives
+          return means, and their stats are per-row means too.)
+        - a shard without rows (fewer rows than ranks) gets `stand_in`, a copy of the batch's first
+          row that its rank runs at loss_scale 0: it contributes a zero gradient yet still joins
+          every collective (the gradient reduction; ZeRO-3's parameter gathers in each forward).
+        - passes: the most micro-batches of micro_batch_size rows any shard splits into; every
+          rank makes that many forward/backward passes (micro_batches pads with zero-weight
+          stand-ins), because ZeRO-2/3 reduce gradients, and ZeRO-3 gathers parameters, in each."""
         bounds = self._bounds(world_size)
-        return [dataclasses.replace(self, prompts=self.prompts[a:b],
-                                    **{k: None if getattr(self, k) is None else getattr(self, k)[a:b]
-                                       for k in _ROW_FIELDS})
+        sizes = np.diff(bounds)
+        passes = max(1, max(micro_batch_count(int(n), micro_batch_size) for n in sizes))
+        stand_in = self._rows(0, 1, loss_scale=0.0, micro_batch_size=0, passes=1) if len(self) else None
+        return [self._rows(a, b, loss_scale=world_size * (b - a) / max(1, len(self)),
+                           micro_batch_size=micro_batch_size, passes=passes, stand_in=None if b > a else stand_in)
                 for a, b in zip(bounds[:-1], bounds[1:])]
+
+    def micro_batches(self) -> list["MicroBatch"]:
+        """This shard's forward/backward passes: consecutive slices of micro_batch_size rows, each
+        with its share of loss_scale (so the passes' gradients add up to the one-pass gradient),
+        then zero-weight stand-ins up to `passes`. A run of rows with one prompt may be cut across
+        two passes: each pass then encodes that prompt once for its own rows, and the gradients
+        still add up to the same total (only the prompt's forward is repeated)."""
+        rows = len(self)
+        size = self.micro_batch_size or max(1, rows)
+        own = [MicroBatch(self._rows(a, min(a + size, rows)), self.loss_scale * (min(a + size, rows) - a) / rows,
+                          min(a + size, rows) - a) for a in range(0, rows, size)]
+        if len(own) > self.passes:
+            raise ValueError(f"this shard needs {len(own)} passes of {size} rows but its ranks make {self.passes}: "
+                             "shard the batch with the same micro_batch_size the ranks use")
+        filler = self if rows == 0 else self._rows(0, 1)
+        if filler.stand_in is not None:
+            filler = filler.stand_in
+        if not len(filler):
+            raise ValueError("an empty batch has no row to stand in for a learner pass")
+        return own + [MicroBatch(filler, 0.0, 0)] * (self.passes - len(own))
+
+    def runnable(self) -> "LearnerBatch":
+        """The rows a rank computes on: its own, or for a shard without rows its stand-in (whose
+        results the rank then drops)."""
+        return self if len(self) or self.stand_in is None else self.stand_in
+
+    def _rows(self, a: int, b: int, **fields) -> "LearnerBatch":
+        return dataclasses.replace(self, prompts=self.prompts[a:b],
+                                   **{k: None if getattr(self, k) is None else getattr(self, k)[a:b]
+                                      for k in _ROW_FIELDS}, **fields)
 
     def _bounds(self, world_size: int) -> np.ndarray:
         if world_size < 1:
             raise ValueError(f"world_size must be >= 1, got {world_size}")
         return np.linspace(0, len(self), world_size + 1).astype(int)
+
+
+@dataclass
+class MicroBatch:
+    """One forward/backward pass of a rank: the rows to run, the factor on their mean loss, and how
+    many of them are real (0 for a stand-in; the weight of its stats in merge_stats)."""
+
+    batch: LearnerBatch
+    loss_scale: float
+    rows: int
+
+
+def micro_batch_count(rows: int, micro_batch_size: int | None) -> int:
+    """Passes that `rows` rows take at micro_batch_size rows each (0/None: one pass)."""
+    if rows == 0:
+        return 0
+    return -(-rows // micro_batch_size) if micro_batch_size else 1
+
+
+def merge_stats(results: list[dict], weights: list[int]) -> dict:
+    """Row-weighted mean of each numeric stat over parts (learner ranks, or one rank's passes);
+    `*_max` / `*_min` stats take the max / min. Parts of weight 0 (a stand-in's stats describe a
+    copied row) are left out."""
+    merged: dict[str, float] = {}
+    totals: dict[str, float] = {}
+    for stats, w in zip(results, weights):
+        if w <= 0:
+            continue
+        for key, value in stats.items():
+            if not isinstance(value, (int, float)) or isinstance(value, bool):
+                continue
+            value = float(value)
+            if key.endswith("_max"):
+                merged[key] = max(merged.get(key, value), value)
+            elif key.endswith("_min"):
+                merged[key] = min(merged.get(key, value), value)
+            else:
+                merged[key] = merged.get(key, 0.0) + value * w
+                totals[key] = totals.get(key, 0.0) + w
+    return {key: value / totals[key] if key in totals else value for key, value in merged.items()}
 
 
 @dataclass

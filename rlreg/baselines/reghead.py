@@ -20,9 +20,10 @@ class RegressionHeadModel(nn.Module):
         empty = torch.zeros((len(prompts), 0), dtype=torch.long)
         ids, mask, _ = pack_sequences(prompts, empty, pad_id)
         extra = {} if features is None else {"features": features}
-        out = self.policy(input_ids=ids, attention_mask=mask, output_hidden_states=True, use_cache=False, **extra)
+        # The body only: the LM head's logits over the whole vocabulary are not needed here.
+        out = self.policy.final_hidden(input_ids=ids, attention_mask=mask, use_cache=False, **extra)
         last = mask.sum(-1) - 1
-        hidden = out.hidden_states[-1][torch.arange(len(prompts)), last]
+        hidden = out.last_hidden_state[torch.arange(len(prompts)), last]
         return self.head(hidden).squeeze(-1)
 
 

@@ -13,7 +13,8 @@ from pathlib import Path
 
 from rlreg.errors import ConfigError
 
-BENCHMARKS = ("rollout", "step", "learner", "sync", "scaling", "quality")
+BENCHMARKS = ("rollout", "step", "learner", "learner_memory", "answer_logits", "sync", "scaling", "pretrained",
+              "quality")
 PACKAGE = "benchmarks"
 
 

@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
 
 from rlreg import console
 from rlreg.actors.rollout import RolloutGroup
@@ -20,7 +19,7 @@ from rlreg.errors import ConfigError
 from rlreg.evaluate.aggregate import aggregate, choose_aggregation
 from rlreg.evaluate.calibration import check_alphas, interval_report, prediction_interval
 from rlreg.evaluate.metrics import evaluate_samples
-from rlreg.evaluate.plots import parity_plot, residual_plot
+from rlreg.evaluate.plots import prediction_plots
 from rlreg.evaluate.report import REPORT_COLUMNS, format_table, report_row, write_metrics_json
 from rlreg.evaluate.sampling import calibrate, classical_baselines, sample_values
 from rlreg.model.checkpoint import require_weights
@@ -104,14 +103,11 @@ def run_eval(run_dir: str | Path, split: str = "test", samples: int | None = Non
 
 def _plots(task, values, valid, how: str, split: str, run: RunDir, k: int, calibration=None) -> list[str]:
     yhat = aggregate(values, valid, how)
-    if not np.isfinite(yhat).any():
-        return []  # nothing decoded: the JSON says so (n_no_valid); a plot would be empty
     lo, hi = prediction_interval(values, valid, 0.1, calibration)
     name = task.dataset.name
-    return [str(parity_plot(task.y[split], yhat, run.plot(f"eval_{split}_parity"),
-                            f"{name} {split} ({how} of {k})", lo=lo, hi=hi)),
-            str(residual_plot(task.y[split], yhat, run.plot(f"eval_{split}_residuals"),
-                              f"{name} {split} residuals"))]
+    return [str(path) for path in prediction_plots(
+        task.y[split], yhat, lo, hi, run.plot(f"eval_{split}_parity"), run.plot(f"eval_{split}_residuals"),
+        f"{name} {split} ({how} of {k})", f"{name} {split} residuals")]
 
 
 def _print(task, payload: dict, split: str, out: Path) -> None:

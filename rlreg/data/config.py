@@ -21,7 +21,7 @@ class DataConfig:
 
     Only plain types, so the generic YAML loader (rlreg.configlib) can fill it."""
 
-    # uci:NAME | csv:PATH | file:PATH (csv/tsv/parquet) | sqlcard:NAME | sklearn:NAME
+    # uci:NAME | csv:PATH | file:PATH (csv/tsv/parquet) | sqlcard:NAME | jsonl:PATH (text fields) | sklearn:NAME
     source: str = "sklearn:diabetes"
     target: str | None = None  # csv: a column name or index as text ("-1"); None = last column
     split: int = 0  # official split index, for sources that ship splits (uci)
@@ -34,6 +34,8 @@ class DataConfig:
     input: str = "text"  # text prompts, or a standardised feature vector
     float_format: str = "{:.4g}"  # how feature values are written in text prompts
     prompt_template: str | None = None  # e.g. "age {age}, bmi {bmi}"; None = "name=value ..."
+    # Wrap each prompt as a user turn with the tokenizer's chat template (pretrained chat models).
+    chat_template: bool = False
     data_dir: str | None = None  # shared data folder; None = search (see resolve_data_dir)
 
     def validate(self) -> None:

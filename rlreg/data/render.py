@@ -1,5 +1,5 @@
-"""Model inputs from a Dataset: text prompts ("age=59 bmi=32.1 ...", or a SQL query), or a
-standardised float32 feature matrix for the MLP encoder."""
+"""Model inputs from a Dataset: text prompts ("age=59 bmi=32.1 ...", a SQL query, or a row's
+text fields), or a standardised float32 feature matrix for the MLP encoder."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from rlreg.data.config import DataConfig
-from rlreg.data.dataset import Dataset
+from rlreg.data.dataset import Dataset, labelled_fields
 from rlreg.errors import ConfigError, DataError
 
 
@@ -69,15 +69,29 @@ def _fill_template(template: str, rows: list[dict], available: list[str]) -> lis
         raise ConfigError(f"data.prompt_template {template!r} cannot be filled: {err}") from None
 
 
+def _render_fields(fields: dict[str, list[str]], indices: np.ndarray,
+                   template: str | None) -> list[str]:
+    # Values go in as written, whitespace and all (unlike a SQL query's): line breaks and
+    # indentation in a response (code, lists) are part of what its score judges.
+    names = list(fields)
+    if template is None:
+        return [labelled_fields(names, [fields[name][i] for name in names]) for i in indices]
+    rows = [{name: fields[name][i] for name in names} for i in indices]
+    return _fill_template(template, rows, names)
+
+
 def render_prompts(dataset: Dataset, indices: np.ndarray | list[int],
                    cfg: DataConfig | None = None) -> list[str]:
     """The text prompt of each row at `indices`, deterministic for a given config.
 
     Tabular rows: "name=value" pairs (numbers written with cfg.float_format), or
     cfg.prompt_template filled with {column} fields plus {features} (the pairs string).
-    Text rows: the text with runs of whitespace collapsed, or the template's {text} field."""
+    Text rows: the text with runs of whitespace collapsed, or the template's {text} field.
+    Text rows with fields (jsonl): "name: value" lines, or the template's {field} fields."""
     cfg = cfg or DataConfig()
     indices = np.asarray(indices, dtype=np.int64)
+    if dataset.text_fields is not None:
+        return _render_fields(dataset.text_fields, indices, cfg.prompt_template)
     if dataset.kind == "text":
         assert dataset.texts is not None
         texts = [" ".join(dataset.texts[i].split()) for i in indices]

@@ -77,22 +77,36 @@ def _read_csv(path: Path) -> Rows:
     return Rows(columns=columns, values=values, where=where, label=str(path))
 
 
+def read_json_objects(path: Path) -> list[tuple[int, dict]]:
+    """(1-based line, object) of each non-blank line of a JSON-lines file; DataError naming the
+    line of anything else."""
+    try:
+        text = path.read_text(encoding="utf-8-sig")  # -sig: a BOM is not part of the first key
+    except UnicodeDecodeError as err:
+        raise DataError(f"{path}: not UTF-8 text (byte {err.start})") from err
+    out = []
+    # split("\n"), not splitlines(): a JSON string may hold U+2028, which splitlines breaks on
+    for number, line in enumerate(text.split("\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError as err:
+            raise DataError(f"{path}, line {number}: not valid JSON ({err})") from None
+        if not isinstance(row, dict):
+            raise DataError(f"{path}, line {number}: expected a JSON object, got "
+                            f"{type(row).__name__}")
+        out.append((number, row))
+    return out
+
+
 def _read_jsonl(path: Path) -> Rows:
     columns: dict[str, None] = {}  # ordered set
     values, where = [], []
-    with path.open(encoding="utf-8-sig") as stream:
-        for number, line in enumerate(stream, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except ValueError as err:
-                raise DataError(f"{path}, line {number}: not valid JSON ({err})") from None
-            if not isinstance(row, dict):
-                raise DataError(f"{path}, line {number}: expected a JSON object, got {type(row).__name__}")
-            columns.update(dict.fromkeys(row))
-            values.append(row)
-            where.append(f"line {number}")
+    for number, row in read_json_objects(path):
+        columns.update(dict.fromkeys(row))
+        values.append(row)
+        where.append(f"line {number}")
     return Rows(columns=list(columns), values=values, where=where, label=str(path))
 
 

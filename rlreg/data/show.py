@@ -25,6 +25,14 @@ def _stats_line(label: str, stats: dict) -> str:
 
 
 def _feature_lines(dataset: Dataset) -> list[str]:
+    if dataset.text_fields is not None:
+        # Lengths, because a long response is what overflows model.max_positions.
+        lines = [f"text fields: {len(dataset.text_fields)} ({', '.join(dataset.text_fields)})"]
+        for name, values in dataset.text_fields.items():
+            chars = [len(v) for v in values] or [0]
+            lines.append(f"  {name!r}: {sum(chars) / len(chars):.0f} chars on average, "
+                         f"longest {max(chars)}")
+        return lines
     if dataset.kind == "text":
         return ["features: none (text inputs)"]
     names = dataset.feature_names
@@ -60,6 +68,7 @@ def describe_dataset(dataset: Dataset, cfg: DataConfig) -> str:
     membership = {int(i): name for name in SPLIT_NAMES for i in dataset.splits[name]}
     lines.append(f"first {n} rows as prompts (input={cfg.input}):")
     for i, prompt in enumerate(render_prompts(dataset, list(range(n)), cfg)):
+        prompt = prompt.replace("\n", "\\n")  # one preview line a row, multi-line prompts too
         if len(prompt) > PROMPT_PREVIEW_CHARS:
             prompt = prompt[:PROMPT_PREVIEW_CHARS - 3] + "..."
         lines.append(f"  [{membership.get(i, '?')}] {prompt}  ->  {_fmt(dataset.y[i])}")

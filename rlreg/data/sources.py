@@ -6,6 +6,7 @@ from typing import Callable
 from rlreg.data.builtin import load_builtin
 from rlreg.data.config import DataConfig
 from rlreg.data.dataset import Dataset
+from rlreg.data.jsonl import load_jsonl
 from rlreg.data.memory import load_arrays
 from rlreg.data.sqlcard import load_sqlcard
 from rlreg.data.tabular import load_table
@@ -51,5 +52,6 @@ register_source("uci")(load_uci)
 register_source("csv")(load_table)
 register_source("file")(load_table)  # same loader: the extension picks csv / tsv / parquet
 register_source("sqlcard")(load_sqlcard)
+register_source("jsonl")(load_jsonl)  # text fields + a numeric target, e.g. prompt, response, score
 register_source("sklearn")(load_builtin)
 register_source("array")(load_arrays)  # arrays handed in by Python code (RLRegressor)

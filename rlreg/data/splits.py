@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
@@ -123,3 +124,25 @@ def plan_rows(n: int, *, val_fraction: float, test_fraction: float, seed: int,
 
     return rows, Splits(train=position(train), val=position(val), test=position(test),
                         official=True)
+
+
+def plan_usable_rows(bad: np.ndarray, cfg, where: str, refusal: Callable[[int], str], dropped: str, noun: str,
+                     notes: list[str]) -> tuple[np.ndarray, Splits]:
+    """The rows of a source without official splits, less the unusable ones (`bad`): dropped
+    under data.missing=drop (noted as `dropped`), otherwise a DataError at `where` naming the first
+    one (`refusal(index)`); then the kept rows' splits as plan_rows gives them, with the source's
+    row positions (row_ids) instead of positions among the kept rows. Notes what was subsampled."""
+    if bad.any():
+        if cfg.missing != "drop":
+            raise DataError(f"{refusal(int(np.flatnonzero(bad)[0]))} ({int(bad.sum())} such lines); "
+                            f"set data.missing=drop to skip them")
+        notes.append(f"dropped {int(bad.sum())} {dropped}")
+    kept = np.flatnonzero(~bad)
+    if len(kept) == 0:
+        raise DataError(f"{where}: no usable rows")
+    rows, splits = plan_rows(len(kept), val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction,
+                             seed=cfg.seed, max_rows=cfg.max_rows)
+    row_ids = kept[rows]
+    if cfg.max_rows is not None and len(row_ids) < len(kept):
+        notes.append(f"subsampled to {len(row_ids)} of {len(kept)} {noun} (data.max_rows={cfg.max_rows})")
+    return row_ids, splits

@@ -15,7 +15,7 @@ import numpy as np
 
 from rlreg.data.config import DataConfig, resolve_data_dir
 from rlreg.data.dataset import Dataset
-from rlreg.data.splits import plan_rows
+from rlreg.data.splits import plan_usable_rows
 from rlreg.errors import DataError
 
 _FROM = re.compile(r"\bFROM\s+(.*?)(?:\s+WHERE\b|\s*;?\s*$)", re.IGNORECASE | re.DOTALL)
@@ -67,24 +67,10 @@ def load_sqlcard(spec: str, cfg: DataConfig) -> Dataset:
                             f"{raw!r} is not a number") from None
 
     notes: list[str] = []
-    bad = ~np.isfinite(y)
-    if bad.any():
-        if cfg.missing != "drop":
-            first = int(np.flatnonzero(bad)[0])
-            raise DataError(f"{csv_path}, line {labels[first][0]}: missing or infinite "
-                            f"cardinality ({int(bad.sum())} such lines); set data.missing=drop "
-                            f"to skip them")
-        notes.append(f"dropped {int(bad.sum())} queries with missing/inf cardinality")
-    kept = np.flatnonzero(~bad)
-    if len(kept) == 0:
-        raise DataError(f"{csv_path}: no usable rows")
-    rows, splits = plan_rows(len(kept), val_fraction=cfg.val_fraction,
-                             test_fraction=cfg.test_fraction, seed=cfg.seed,
-                             max_rows=cfg.max_rows)
-    row_ids = kept[rows]
-    if cfg.max_rows is not None and len(row_ids) < len(kept):
-        notes.append(f"subsampled to {len(row_ids)} of {len(kept)} queries "
-                     f"(data.max_rows={cfg.max_rows})")
+    row_ids, splits = plan_usable_rows(
+        ~np.isfinite(y), cfg, str(csv_path),
+        lambda first: f"{csv_path}, line {labels[first][0]}: missing or infinite cardinality",
+        "queries with missing/inf cardinality", "queries", notes)
     return Dataset(name=base.name, kind="text", features=None, feature_names=[],
                    texts=[queries[i][1] for i in row_ids], y=y[row_ids],
                    target_name="cardinality", splits=splits, source_path=str(sql_path),

@@ -122,3 +122,16 @@ def residual_plot(y: np.ndarray, yhat: np.ndarray, path: str | os.PathLike, titl
               bbox={"boxstyle": "round", "facecolor": "white", "alpha": 0.8})
     axes.grid(alpha=0.3)
     return _save(figure, path)
+
+
+def prediction_plots(y: np.ndarray, yhat: np.ndarray, lo: np.ndarray, hi: np.ndarray, parity_path, residual_path,
+                     parity_title: str, residual_title: str) -> list[Path]:
+    """The parity plot (with interval bars where the interval is finite) and the residual plot of
+    one evaluation; [] when no prediction is finite (a model that writes only invalid or
+    out-of-range numbers): the metrics say so, and an evaluation must not be lost to a plot."""
+    yhat = np.asarray(yhat, dtype=np.float64)
+    if not np.isfinite(yhat).any():
+        return []
+    bars = bool((np.isfinite(lo) & np.isfinite(hi) & np.isfinite(yhat)).any())
+    return [parity_plot(y, yhat, parity_path, parity_title, lo=lo if bars else None, hi=hi if bars else None),
+            residual_plot(y, yhat, residual_path, residual_title)]

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from rlreg import console
 from rlreg.baselines.classical import classical_predictions
 from rlreg.evaluate.aggregate import aggregate, choose_aggregation, effective_mask
 from rlreg.evaluate.calibration import (Calibration, check_alphas, fit_calibration, interval_report,
@@ -57,16 +58,18 @@ def evaluate_model(rollout, task, eval_cfg: EvalConfig, out_dir: Path | None = N
         results[split]["intervals"] = interval_report(values, valid, task.y[split], calibration, alphas)
     results["calibration"] = None if calibration is None else calibration.to_dict()
     if out_dir is not None and eval_cfg.plots:
-        from rlreg.evaluate.plots import parity_plot, residual_plot
+        from rlreg.evaluate.plots import prediction_plots
 
         values, valid = drawn["test"]
         yhat = aggregate(values, valid, how)
         lo, hi = prediction_interval(values, valid, 0.1, calibration)
         name, run = f"{label}_" if label else "", RunDir(out_dir)
-        parity_plot(task.y["test"], yhat, run.plot(f"{name}parity_test"),
-                    f"{task.dataset.name} test ({label or 'model'}, {how} of {eval_cfg.samples})", lo=lo, hi=hi)
-        residual_plot(task.y["test"], yhat, run.plot(f"{name}residuals_test"),
-                      f"{task.dataset.name} test residuals ({label or 'model'})")
+        drawn_plots = prediction_plots(
+            task.y["test"], yhat, lo, hi, run.plot(f"{name}parity_test"), run.plot(f"{name}residuals_test"),
+            f"{task.dataset.name} test ({label or 'model'}, {how} of {eval_cfg.samples})",
+            f"{task.dataset.name} test residuals ({label or 'model'})")
+        if not drawn_plots:
+            console.warn(f"{label or 'model'}: no finite test prediction, so no parity or residual plot")
     return results
 
 

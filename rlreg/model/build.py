@@ -26,13 +26,19 @@ class ModelMeta:
     """What rlreg needs beyond the HF files to prompt the model and read its numbers."""
 
     number_tokenizer: dict  # NumberTokenizer.describe()
-    number_token_ids: list[int]  # HF id of each number token, in the number tokenizer's order
-    bos_id: int
-    eos_id: int
+    # HF id of each number token, in the number tokenizer's order. With numbers.surface=text two
+    # number tokens may share an id (ieee's sign and exponent sign are both "+"): the position
+    # tells them apart, since no position allows both.
+    number_token_ids: list[int]
+    bos_id: int | None  # None: the tokenizer starts no sequence with a BOS token (Qwen2)
+    eos_id: int | None
     pad_id: int
-    answer_id: int
+    answer_id: int | None  # None: the prompt text itself ends where the number starts (surface=text)
     max_positions: int
     feature_id: int | None = None
+    surface: str = "atomic"  # numbers.surface the model was made with
+    pretrained: str | None = None  # the checkpoint a pretrained model started from
+    trust_remote_code: bool = False  # the architecture's code comes with the checkpoint
 
     def save(self, model_dir: str | Path) -> None:
         write_json(Path(model_dir, META_FILE), self.__dict__)
@@ -97,13 +103,25 @@ def count_parameters(model_dir: str | Path) -> int:
     from safetensors import safe_open
 
     total = 0
-    with safe_open(str(Path(model_dir, ModelFiles.WEIGHTS)), "np") as f:
-        for key in f.keys():
-            size = 1
-            for dim in f.get_slice(key).get_shape():
-                size *= int(dim)
-            total += size
+    for path in ModelFiles.weight_files(model_dir):
+        with safe_open(str(path), "np") as f:
+            for key in f.keys():
+                size = 1
+                for dim in f.get_slice(key).get_shape():
+                    size *= int(dim)
+                total += size
     return total
+
+
+def read_tensor(model_dir: str | Path, name: str):
+    """One weight by its HF name, from whichever safetensors file (shard) holds it."""
+    from safetensors import safe_open
+
+    for path in ModelFiles.weight_files(model_dir):
+        with safe_open(str(path), "pt") as f:
+            if name in f.keys():
+                return f.get_tensor(name)
+    raise ConfigError(f"{model_dir}: no weight named {name!r} in its safetensors files")
 
 
 def encoder_spec(model_dir: str | Path) -> dict | None:

@@ -26,7 +26,7 @@ from rlreg.numbers.registry import build_number_tokenizer
 from rlreg.numbers.scalers import TargetScaler, decoded_to_original, scaler_from_state_dict
 from rlreg.rundir import ModelFiles
 
-TEXT_COLUMN = "text"  # the input column of text-source checkpoints (e.g. sqlcard)
+TEXT_COLUMN = "text"  # the input column of one-text checkpoints (sqlcard); jsonl ones take their fields
 
 
 @dataclass
@@ -47,8 +47,16 @@ class Checkpoint:
         return self.info.get("kind", "tabular")
 
     @property
+    def text_fields(self) -> list[str] | None:
+        """The text fields a multi-field text source (jsonl) trained on; None for other sources."""
+        fields = self.info.get("text_fields")
+        return None if fields is None else list(fields)
+
+    @property
     def input_columns(self) -> list[str]:
-        return [TEXT_COLUMN] if self.kind == "text" else list(self.info["source_columns"])
+        if self.kind == "text":
+            return self.text_fields or [TEXT_COLUMN]
+        return list(self.info["source_columns"])
 
     @property
     def preprocessing(self) -> TabularPreprocessing:
@@ -104,6 +112,8 @@ def load_checkpoint(model_dir: str | Path, expected_scaler: str | None = None) -
     if not (model_dir / ModelFiles.META).is_file():
         nested = model_dir / "checkpoint" / ModelFiles.META
         hint = f" (did you mean {nested.parent}?)" if nested.is_file() else ""
+        if not hint and (model_dir / ModelFiles.HF_CONFIG).is_file():
+            hint = " (a Hugging Face checkpoint: start from it with model.pretrained)"
         raise ConfigError(f"checkpoint {model_dir}: no {ModelFiles.META}, not an rlreg model directory{hint}")
     info = read_task_info(model_dir)
     task_file = model_dir / ModelFiles.TASK
@@ -123,9 +133,9 @@ def load_checkpoint(model_dir: str | Path, expected_scaler: str | None = None) -
 
 def require_weights(model_dir: Path, what: str) -> None:
     """A finished model has its weights; a crashed run may have left only the metadata."""
-    if not (model_dir / ModelFiles.META).is_file() or not (model_dir / ModelFiles.WEIGHTS).is_file():
+    if not (model_dir / ModelFiles.META).is_file() or not ModelFiles.weight_files(model_dir):
         raise ConfigError(f"{what}: no finished checkpoint ({model_dir} needs {ModelFiles.META} and "
-                          f"{ModelFiles.WEIGHTS}); did the run complete?")
+                          f"{ModelFiles.WEIGHTS} or the shards {ModelFiles.WEIGHTS_INDEX} names); did the run complete?")
 
 
 def copy_model_extras(src: str | Path, dst: str | Path) -> None:

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from rlreg.io import write_json
 from rlreg.model.build import encoder_spec
@@ -90,12 +91,45 @@ class PolicyModel(nn.Module):
         self.encoder = encoder
         self.placeholder_id = placeholder_id
 
-    def forward(self, input_ids, attention_mask=None, features=None, **kwargs):
+    def forward(self, input_ids, attention_mask=None, features=None, number_token_ids=None, logits_at=None,
+                **kwargs):
+        """The causal LM's output; or, given number_token_ids [V], only the logits the learner reads:
+        logits [N, P, V] of those vocabulary entries at positions logits_at [N, P] (every position
+        when None), with past_key_values. The LM head's [N, T, vocab] logits are never formed (tens
+        of GB at a 150k vocabulary): one small matmul on the final hidden states instead."""
+        if number_token_ids is None:
+            return self.lm(**self._inputs(input_ids, features), attention_mask=attention_mask, **kwargs)
+        out = self.final_hidden(input_ids, attention_mask, features, **kwargs)
+        hidden = out.last_hidden_state
+        if logits_at is not None:
+            hidden = hidden[torch.arange(hidden.shape[0], device=hidden.device).unsqueeze(1), logits_at]
+        return CausalLMOutputWithPast(logits=self.number_logits(hidden, number_token_ids),
+                                      past_key_values=out.past_key_values)
+
+    def final_hidden(self, input_ids, attention_mask=None, features=None, **kwargs):
+        """The transformer body's output: last_hidden_state [N, T, H] (after the final norm, what
+        the LM head reads) and past_key_values."""
+        return self.lm.get_decoder()(**self._inputs(input_ids, features), attention_mask=attention_mask, **kwargs)
+
+    def number_logits(self, hidden: torch.Tensor, number_token_ids: torch.Tensor) -> torch.Tensor:
+        """hidden [..., H] → logits [..., V] of the number_token_ids rows of the LM head."""
+        head = self.lm.get_output_embeddings()
+        # The rows are read outside the head's own forward (calling it would form all vocab logits).
+        # Under ZeRO-3 that is what DeepSpeed's external parameters are for: in an engine forward,
+        # reading a partitioned parameter gathers it and registers it with the running module
+        # (this one), whose hooks then fetch it for forward and backward and release it after, like
+        # its own (deepspeed/runtime/zero/parameter_offload.py, ZeROOrderedDict). GatheredParameters
+        # would cover this block only, not the backward pass.
+        weight = head.weight.index_select(0, number_token_ids)
+        bias = getattr(head, "bias", None)
+        return nn.functional.linear(hidden, weight, None if bias is None else bias.index_select(0, number_token_ids))
+
+    def _inputs(self, input_ids, features) -> dict:
+        """input_ids, or for vector input the embeddings with the encoder's soft tokens spliced in."""
         if self.encoder is None or features is None:
-            return self.lm(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+            return {"input_ids": input_ids}
         embeds = self.lm.get_input_embeddings()(input_ids)
-        embeds = splice_embeddings(embeds, input_ids, self.encoder(features), self.placeholder_id)
-        return self.lm(inputs_embeds=embeds, attention_mask=attention_mask, **kwargs)
+        return {"inputs_embeds": splice_embeddings(embeds, input_ids, self.encoder(features), self.placeholder_id)}
 
     def split_state(self, state: dict) -> tuple[dict, dict]:
         """Module state dict → (HF LM weights under HF names, encoder weights)."""

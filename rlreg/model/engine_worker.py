@@ -31,22 +31,60 @@ def unpack_array(dtype: str, shape: Sequence[int], buffer) -> np.ndarray:
 class WeightLoader:
     """Mixed into vLLM's worker class, so `self` is the worker."""
 
+    @staticmethod
+    def _rlreg_quiet_reload() -> None:
+        import logging
+
+        # The rotary embedding has buffers but no checkpoint weights; vLLM warns about it on every
+        # reload ("RotaryEmbedding: Failed to load weights"), which would flood each RL step's log.
+        logging.getLogger("vllm.model_executor.model_loader.reload.layerwise").setLevel(logging.ERROR)
+
     def rlreg_load_weights(self, packed: Sequence) -> int:
         """Replace the weights in place from pack_arrays' entries; returns how many were given. Each
         becomes a tensor only when the loader reaches it (one extra copy at a time).
 
         `model.load_weights` fails on CPU (linear weights are repacked for oneDNN after loading);
         the worker's `reload_weights(is_checkpoint_format=True)` redoes that processing."""
-        import logging
-
         import torch
 
-        # The rotary embedding has buffers but no checkpoint weights; vLLM warns about it on every
-        # reload ("RotaryEmbedding: Failed to load weights"), which would flood each RL step's log.
-        logging.getLogger("vllm.model_executor.model_loader.reload.layerwise").setLevel(logging.ERROR)
+        self._rlreg_quiet_reload()
         tensors = ((name, torch.tensor(unpack_array(dtype, shape, buffer))) for name, dtype, shape, buffer in packed)
         self.reload_weights(weights_iterator=tensors, is_checkpoint_format=True)
         return len(packed)
+
+    # -- weights over a process group (sync.route: collective, rlreg.model.weight_transfer) ---------
+    def rlreg_open_weight_group(self, host: str, port: int, rank: int, size: int, timeout_s: float,
+                                backend: str) -> int:
+        """Join the transfer group hosted by learner rank 0, as member `rank`."""
+        from rlreg.model.weight_transfer import WeightGroup
+
+        self.rlreg_close_weight_group()
+        self._rlreg_weight_group = WeightGroup(host, port, rank, size, timeout_s, backend)
+        return rank
+
+    def rlreg_close_weight_group(self) -> None:
+        group = getattr(self, "_rlreg_weight_group", None)
+        if group is not None:
+            group.close()
+        self._rlreg_weight_group = None
+
+    def rlreg_receive_weights(self, specs: Sequence, buckets: Sequence[Sequence[int]], exit_after: int = 0) -> int:
+        """Receive the buckets learner rank 0 broadcasts and load them as they arrive: vLLM's loader
+        pulls tensors from the iterator, so at most two buckets are held here. Returns how many
+        tensors were loaded. `exit_after`: see WeightGroup.receive (tests only)."""
+        from rlreg.model.weight_transfer import TensorSpec
+
+        group = getattr(self, "_rlreg_weight_group", None)
+        if group is None:
+            raise RuntimeError("rlreg_receive_weights before rlreg_open_weight_group")
+        # Over vLLM's msgpack channel the specs arrive as lists.
+        specs = [s if isinstance(s, TensorSpec) else TensorSpec(s[0], s[1], tuple(s[2])) for s in specs]
+        self._rlreg_quiet_reload()
+        self.reload_weights(weights_iterator=group.receive(specs, buckets, exit_after), is_checkpoint_format=True)
+        return sum(len(b) for b in buckets)
+
+    def rlreg_ping(self) -> bool:
+        return True
 
     def rlreg_rng_state(self) -> bytes:
         """The sampler's generators in this worker's process (CPU, and CUDA where there is one): vLLM

@@ -12,7 +12,8 @@ from rlreg.model.shared_prefix import answer_logits_shared, prompt_runs
 
 
 class NumberHead:
-    """Maps full-vocabulary logits at the L answer positions to constrained number logprobs."""
+    """Maps number-token logits at the L answer positions (answer_logits) to constrained number
+    logprobs."""
 
     def __init__(self, number_token_ids: Sequence[int], allowed, device: str | torch.device = "cpu"):
         self.token_ids = torch.as_tensor(list(number_token_ids), dtype=torch.long, device=device)
@@ -21,9 +22,10 @@ class NumberHead:
         self.bias = torch.zeros(allowed.shape, device=device).masked_fill(~allowed, float("-inf"))
         self.length = allowed.shape[0]
 
-    def logprobs(self, answer_logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-        """answer_logits [N, L, vocab] → logp [N, L, V_number] (−inf where not allowed)."""
-        logits = answer_logits.float().index_select(-1, self.token_ids) + self.bias
+    def logprobs(self, number_logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+        """number_logits [N, L, V_number] (the number tokens' columns, in token_ids order) → logp
+        [N, L, V_number] (−inf where not allowed)."""
+        logits = number_logits.float() + self.bias
         return torch.log_softmax(logits / max(temperature, 1e-6), dim=-1)
 
 
@@ -46,20 +48,23 @@ def pack_sequences(prompts: Sequence[Sequence[int]], completions: torch.Tensor, 
 
 
 def answer_logits(model, prompts: Sequence[Sequence[int]], completions: torch.Tensor, pad_id: int,
-                  features: torch.Tensor | None = None, shared_prefix: bool = False) -> torch.Tensor:
-    """Logits [N, L, vocab] that predict the L completion tokens. `features` go to the policy's
-    encoder (vector input). With shared_prefix, rows that repeat the previous row's input (the G
-    samples of one prompt) reuse one prompt pass (rlreg.model.shared_prefix); else a plain forward
-    over each [prompt + completion]."""
+                  number_token_ids: torch.Tensor, features: torch.Tensor | None = None,
+                  shared_prefix: bool = False) -> torch.Tensor:
+    """Logits [N, L, len(number_token_ids)] of the number tokens at the L positions that predict
+    the completion tokens: only these are computed (rlreg.model.encoder.PolicyModel.forward), not
+    the whole vocabulary at every position. `model` is a PolicyModel or a DeepSpeed engine around
+    one; `features` go to its encoder (vector input). With shared_prefix, rows that repeat the
+    previous row's input (the G samples of one prompt) reuse one prompt pass
+    (rlreg.model.shared_prefix); else a plain forward over each [prompt + completion]."""
     if shared_prefix:
         if len(prompt_runs(prompts, features)[0]) < len(prompts):
-            return answer_logits_shared(model, prompts, completions, pad_id, features)
+            return answer_logits_shared(model, prompts, completions, pad_id, number_token_ids, features)
     device = next(model.parameters()).device
     input_ids, attention, predict_at = pack_sequences(prompts, completions.cpu(), pad_id)
     extra = {} if features is None else {"features": features}
-    out = model(input_ids=input_ids.to(device), attention_mask=attention.to(device), use_cache=False, **extra)
-    rows = torch.arange(len(prompts), device=device).unsqueeze(1)
-    return out.logits[rows, predict_at.to(device)]
+    out = model(input_ids=input_ids.to(device), attention_mask=attention.to(device), use_cache=False,
+                number_token_ids=number_token_ids.to(device), logits_at=predict_at.to(device), **extra)
+    return out.logits
 
 
 def gather_tokens(logp: torch.Tensor, number_index: torch.Tensor) -> torch.Tensor:
@@ -76,7 +81,7 @@ def greedy_numbers(model, head: NumberHead, prompts: Sequence[Sequence[int]], pa
     for position in range(head.length):
         # Predict the next token by scoring a dummy token at `position` and reading its logits.
         probe = torch.cat([chosen, torch.zeros((n, 1), dtype=torch.long, device=chosen.device)], dim=1)
-        logits = answer_logits(model, prompts, head.token_ids[probe], pad_id, features)[:, position : position + 1]
-        step_logp = (logits.float().index_select(-1, head.token_ids) + head.bias[position]).squeeze(1)
-        chosen = torch.cat([chosen, step_logp.argmax(-1, keepdim=True)], dim=1)
+        logits = answer_logits(model, prompts, head.token_ids[probe], pad_id, head.token_ids, features)[:, position]
+        step_logits = logits.float() + head.bias[position]
+        chosen = torch.cat([chosen, step_logits.argmax(-1, keepdim=True)], dim=1)
     return chosen

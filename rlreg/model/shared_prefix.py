@@ -23,9 +23,9 @@ def prompt_runs(prompts: Sequence[Sequence[int]], features: torch.Tensor | None)
 
 
 def answer_logits_shared(model, prompts: Sequence[Sequence[int]], completions: torch.Tensor, pad_id: int,
-                         features: torch.Tensor | None = None) -> torch.Tensor:
-    """Same result as rlreg.model.logprobs.answer_logits: logits [N, L, vocab] predicting the L
-    completion tokens, computing each distinct prompt once."""
+                         number_token_ids: torch.Tensor, features: torch.Tensor | None = None) -> torch.Tensor:
+    """Same result as rlreg.model.logprobs.answer_logits: number-token logits [N, L, V] predicting
+    the L completion tokens (only those, see PolicyModel.forward), computing each distinct prompt once."""
     device = next(model.parameters()).device
     firsts, owner = prompt_runs(prompts, features)
     owner = owner.to(device)
@@ -39,8 +39,11 @@ def answer_logits_shared(model, prompts: Sequence[Sequence[int]], completions: t
         mask[row, width - len(prompt):] = 1
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     extra = {} if features is None else {"features": features[torch.as_tensor(firsts, device=features.device)]}
-    out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **extra)
-    first_logits = out.logits[:, -1][owner]  # predicts completion token 0
+    number_token_ids = number_token_ids.to(device)
+    last = torch.full((len(unique), 1), width - 1, dtype=torch.long, device=device)
+    out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
+                number_token_ids=number_token_ids, logits_at=last, **extra)
+    first_logits = out.logits[:, 0][owner]  # predicts completion token 0
     length = completions.shape[1]
     if length == 1:
         return first_logits.unsqueeze(1)
@@ -50,5 +53,5 @@ def answer_logits_shared(model, prompts: Sequence[Sequence[int]], completions: t
     follow_mask = torch.cat([mask[owner], torch.ones_like(follow)], dim=1)
     follow_positions = mask.sum(-1, keepdim=True)[owner] + torch.arange(length - 1, device=device)
     rest = model(input_ids=follow, attention_mask=follow_mask, position_ids=follow_positions,
-                 past_key_values=cache, use_cache=True)
+                 past_key_values=cache, use_cache=True, number_token_ids=number_token_ids)
     return torch.cat([first_logits.unsqueeze(1), rest.logits], dim=1)

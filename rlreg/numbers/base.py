@@ -18,6 +18,20 @@ import numpy as np
 from rlreg.errors import ConfigError, DataError, InvalidNumber
 
 
+def spelling(token: str) -> str:
+    """The plain text a number token stands for: "<d7>" → "7", "<+>" → "+", "<E->" → "-" (ieee's
+    exponent sign), "<E-2>" → "e-2" (p10's exponent). A pretrained model's new number tokens start
+    from the embeddings of this text, and numbers.surface=text writes it with the model's own tokens."""
+    inner = token[1:-1] if token.startswith("<") and token.endswith(">") else token
+    if inner.startswith("d") and inner[1:].isdigit():
+        return inner[1:]
+    if inner in ("E+", "E-"):
+        return inner[1]
+    if inner.startswith("E"):
+        return "e" + inner[1:]
+    return inner
+
+
 class NumberTokenizer(ABC):
     """Writes floats in [low, high] as exactly `length` tokens from `tokens`.
 

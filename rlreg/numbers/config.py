@@ -9,6 +9,8 @@ from rlreg.errors import ConfigError
 from rlreg.numbers.registry import build_number_tokenizer
 from rlreg.numbers.scalers import build_scaler
 
+SURFACES = ("atomic", "text")
+
 
 @dataclass
 class NumbersConfig:
@@ -31,9 +33,14 @@ class NumbersConfig:
     max_exponent: int = 10
     scaler: str = "zscore_minmax"
     scaler_margin: float = 0.0
+    # How number tokens reach the language model: "atomic" adds them to its tokenizer as new
+    # tokens; "text" spells them with the tokenizer's own single-character tokens (digits, signs).
+    surface: str = "atomic"
 
     def validate(self) -> "NumbersConfig":
         """Raise ConfigError naming the first bad key; returns self for chaining."""
+        if self.surface not in SURFACES:
+            raise ConfigError(f"numbers.surface must be one of {', '.join(SURFACES)}, got {self.surface!r}")
         build_number_tokenizer(self)  # the tokenizer classes own their parameter ranges
         margin = self.scaler_margin
         if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not math.isfinite(margin):

@@ -13,7 +13,7 @@ if TYPE_CHECKING:
 
 NUMBER_TOKENIZERS: dict[str, type["NumberTokenizer"]] = {}
 # Keys of the `numbers:` section that are not tokenizer parameters: a whole section is a valid spec.
-SECTION_KEYS = ("tokenizer", "scaler", "scaler_margin")
+SECTION_KEYS = ("tokenizer", "scaler", "scaler_margin", "surface")
 
 T = TypeVar("T", bound=type)
 

@@ -54,7 +54,7 @@ def _supervised_checkpoint(cfg, task: Task, run: RunDir, target: Path, tracker: 
     """Train the supervised stage into `target`, or use the model the task started from."""
     if not cfg.sft.enabled or cfg.sft.init_from:
         return task.model_dir
-    if (target / ModelFiles.WEIGHTS).is_file():  # resuming: the supervised stage already finished
+    if ModelFiles.weight_files(target):  # resuming: the supervised stage already finished
         return target
     replace_dir(run_sft(cfg, task, run, tracker), target)
     return target

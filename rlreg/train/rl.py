@@ -11,17 +11,20 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from rlreg import device
 from rlreg import console
 from rlreg.actors.learner import LearnerGroup, LearnerLost, merge_stats
 from rlreg.actors.reward import RewardPool
+from rlreg.actors.placement import plan_for
 from rlreg.actors.rollout import RolloutGroup
+from rlreg.actors.weight_sync import make_weight_sync
 from rlreg.actors import session
+from rlreg.actors.session import release_shared_placement, reserve_shared_placement
 from rlreg.algos.advantages import needs_greedy
 from rlreg.algos.experience import LearnerBatch, make_experience
 from rlreg.data.batches import BatchCursor
 from rlreg.evaluate.aggregate import aggregate
 from rlreg.evaluate.sampling import sample_values
+from rlreg.model.build import encoder_spec
 from rlreg.rundir import RunDir
 from rlreg.train import checkpoints
 from rlreg.train.logger import RunLogger
@@ -31,10 +34,9 @@ def require_rl_resources(cfg) -> None:
     """The three roles run side by side: check their sum fits before starting any of them (a request
     that cannot fit would otherwise wait for actors or a placement group until the start timeout)."""
     # session.require_resources looked up at call time: tests stand in for it there.
-    rl, ray_cfg = cfg.rl, cfg.ray
-    cpus = (rl.rollout_workers * ray_cfg.rollout_cpus + cfg.reward.workers * ray_cfg.reward_cpus
-            + cfg.learner.world_size * ray_cfg.learner_cpus)
-    gpus = rl.rollout_workers * device.ray_gpus_per_actor(1.0) + (cfg.learner.world_size if device.has_cuda() else 0)
+    rl, ray_cfg, plan = cfg.rl, cfg.ray, plan_for(cfg)
+    cpus = plan.total("CPU") + cfg.reward.workers * ray_cfg.reward_cpus
+    gpus = plan.total("GPU")
     session.require_resources(cpus, gpus, f"the RL stage ({rl.rollout_workers} rollout worker(s) x ray.rollout_cpus="
                                           f"{ray_cfg.rollout_cpus:g}, {cfg.reward.workers} reward actor(s) x "
                                           f"ray.reward_cpus={ray_cfg.reward_cpus:g}, learner.world_size="
@@ -72,17 +74,33 @@ class RLRunner:
         self.cfg, self.task, self.run_dir = cfg, task, Path(run_dir)
         self.start_model_dir = Path(start_model_dir)
         rl = cfg.rl
-        self.rollout = RolloutGroup(start_model_dir, cfg.engine, cfg.model.max_positions, cfg.ray, rl.rollout_workers)
-        self.rewards = RewardPool(task.number_tokenizer.describe(), task.scaler.state_dict(), cfg.reward, cfg.ray,
-                                  task.column_names)
-        self.learner = self.start_learner()
+        # ray.colocate: one placement group for engines and learner ranks, GPU i shared by engine i
+        # and rank i (rlreg.actors.placement); a restored learner group goes back into it.
+        self.shared = reserve_shared_placement(plan_for(cfg), cfg.ray) if cfg.ray.colocate else None
+        self.rollout = self.rewards = self.learner = None
+        try:
+            self.rollout = RolloutGroup(start_model_dir, cfg.engine, cfg.model.max_positions, cfg.ray,
+                                        rl.rollout_workers, shared=self.shared)
+            self.rewards = RewardPool(task.number_tokenizer.describe(), task.scaler.state_dict(), cfg.reward, cfg.ray,
+                                      task.column_names)
+            self.learner = self.start_learner()
+        except BaseException:
+            # In a process that goes on (RLRegressor, a Tune trial, a test session) the parts already
+            # started would hold the session's CPUs, and the next start would wait for them.
+            self.shutdown()
+            raise
+        self.weights = make_weight_sync(cfg.sync, takes_features=encoder_spec(start_model_dir) is not None)
+        if self.weights.route == "collective":
+            # A rollout worker replaced mid-step (it died while sampling) has no object to load the
+            # current weights from: every engine takes them from the learner again.
+            self.rollout.resync = self.sync
         self.cursor, self.step_index = self._fresh_cursor(), 0
         self.learner_restarts = 0
 
     def start_learner(self) -> LearnerGroup:
         rl = self.cfg.rl
         return LearnerGroup(self.start_model_dir, self.cfg.learner, rl.lr, rl.steps * rl.ppo_epochs, self.cfg.ray,
-                            seed=self.cfg.seed)
+                            seed=self.cfg.seed, shared=self.shared, lora=self.cfg.model.lora)
 
     def _fresh_cursor(self) -> BatchCursor:
         return BatchCursor(len(self.task.prompts["train"]), self.cfg.rl.batch_size, self.cfg.seed + 1)
@@ -92,6 +110,10 @@ class RLRunner:
         self.cursor, self.step_index = self._fresh_cursor(), 0
         self.sync()
 
+    def _wake_engines(self) -> None:
+        if self.cfg.ray.colocate:
+            self.rollout.wake_up()  # no-op for an engine already awake
+
     # -- one step -----------------------------------------------------------------------------
     def step(self) -> dict:
         rl, task, timings = self.cfg.rl, self.task, Timings()
@@ -100,11 +122,15 @@ class RLRunner:
         # Only a reward function that takes data columns gets them: none are built for the others.
         columns = task.columns("train", idx) if self.rewards.columns else None
         with timings("time_rollout"):
-            samples = self.rollout.sample(inputs, task.allowed_hf, rl.group_size, rl.temperature)
-            greedy = self.rollout.sample(inputs, task.allowed_hf, 1, 0.0) if needs_greedy(rl.advantage) else None
+            # ReMax's greedy decode rides in the same engine calls as the samples.
+            draws = [(rl.group_size, rl.temperature)] + ([(1, 0.0)] if needs_greedy(rl.advantage) else [])
+            samples, *greedy = self.rollout.sample_draws(inputs, task.allowed_hf, draws)
+            greedy = greedy[0] if greedy else None
         with timings("time_reward"):
             scored = self._score(samples.token_ids, y, columns)
             baseline = None if greedy is None else self._score(greedy.token_ids, y, columns)["rewards"][:, 0]
+        if self.cfg.ray.colocate:
+            self.rollout.sleep()  # the learner ranks sharing the engines' GPUs compute from here on
         ref = self._reference_logprobs(inputs, scored["number_ids"]) if rl.kl_coef > 0 and rl.kl_in == "reward" else None
         experience, stats = make_experience(
             inputs, scored["number_ids"], samples.logprobs, scored["rewards"], scored["valid"], task.scaler.transform(y),
@@ -112,6 +138,7 @@ class RLRunner:
         with timings("time_learn"):
             stats.update(self._learn(experience.learner_batch()))
         with timings("time_sync"):
+            self._wake_engines()  # every step: the next rollouts need them, synced or not
             self.step_index += 1
             if self.step_index % rl.sync_every == 0 or self.step_index == rl.steps:
                 self.sync()
@@ -145,7 +172,9 @@ class RLRunner:
         return stats
 
     def sync(self) -> list[int]:
-        return self.rollout.load_weights(self.learner.publish_weights())
+        """The learner's current weights into every engine (sync.route); the engines' weight versions."""
+        self._wake_engines()  # a sync writes into the engines' weights (asleep after a failed update too)
+        return self.weights.sync(self.learner, self.rollout)
 
     def validation_rmse(self) -> float:
         values, valid = sample_values(self.rollout, self.task, "val", self.cfg.rl.eval_samples,
@@ -167,7 +196,11 @@ class RLRunner:
     def shutdown(self) -> None:
         """Idempotent: stops every actor and frees the placement group once."""
         for part in (self.rollout, self.rewards, self.learner):
-            part.shutdown()
+            if part is not None:  # None: the constructor failed before starting it
+                part.shutdown()
+        if getattr(self, "shared", None) is not None:
+            release_shared_placement(self.shared)
+            self.shared = None
 
 
 def train_rl(runner: RLRunner, resume: bool = False,

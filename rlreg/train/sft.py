@@ -22,7 +22,7 @@ def run_sft(cfg, task, run_dir: Path, tracker=None) -> Path:
     sft = cfg.sft
     run = RunDir(run_dir)
     best_dir = run.sft_model
-    group = LearnerGroup(task.model_dir, cfg.learner, sft.lr, sft.steps, cfg.ray, seed=cfg.seed)
+    group = LearnerGroup(task.model_dir, cfg.learner, sft.lr, sft.steps, cfg.ray, seed=cfg.seed, lora=cfg.model.lora)
     logger = RunLogger(run.path, "sft", tracker)
     options = sft.loss_options()
     cursor = BatchCursor(len(task.prompts["train"]), sft.batch_size, cfg.seed)

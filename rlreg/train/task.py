@@ -10,15 +10,17 @@ import numpy as np
 
 from rlreg.configlib import to_mapping
 from rlreg.data import Dataset, load_dataset
+from rlreg.data.jsonl import field_text
 from rlreg.data.preprocess import TabularPreprocessing
 from rlreg.data.render import FeatureStats, column_values, feature_matrix, fit_feature_stats, prompt_corpus, \
     render_prompts
 from rlreg.data.rows import Rows, is_missing
 from rlreg.data.splits import Splits
-from rlreg.errors import DataError
-from rlreg.io import write_json
+from rlreg.errors import ConfigError, DataError
+from rlreg.io import read_json, write_json
 from rlreg.model.build import build_model_dir
 from rlreg.model.checkpoint import TEXT_COLUMN, Checkpoint, load_checkpoint
+from rlreg.model.pretrained import adopt_pretrained
 from rlreg.numbers.registry import build_number_tokenizer
 from rlreg.numbers.scalers import build_scaler
 from rlreg.rundir import ModelFiles, RunDir
@@ -73,13 +75,19 @@ class Task:
     @property
     def column_names(self) -> list[str]:
         """The names `columns` returns."""
+        if self.dataset.text_fields is not None:
+            return list(self.dataset.text_fields)
         return [TEXT_COLUMN] if self.dataset.kind == "text" else list(self.dataset.source_columns)
 
     def columns(self, split: str, rows=None) -> dict[str, np.ndarray]:
         """The rows' data columns by name (what a custom reward function receives as keywords):
-        each source feature column (numbers, or category strings), or `text` for text sources."""
+        each source feature column (numbers, or category strings), each text field (jsonl), or
+        `text` for one-text sources."""
         idx = self.dataset.splits[split] if split in SPLITS else np.arange(len(self.dataset))
         idx = idx if rows is None else idx[np.asarray(rows)]
+        if self.dataset.text_fields is not None:
+            return {name: np.asarray([values[i] for i in idx], dtype=object)
+                    for name, values in self.dataset.text_fields.items()}
         if self.dataset.kind == "text":
             return {TEXT_COLUMN: np.asarray([self.dataset.texts[i] for i in idx], dtype=object)}
         return {name: np.asarray(values) for name, values in column_values(self.dataset, idx)}
@@ -116,6 +124,8 @@ def task_info(cfg, dataset: Dataset, scaler) -> dict:
             "kind": dataset.kind, "target": dataset.target_name, "feature_names": list(dataset.feature_names),
             "temperature": cfg.eval.temperature,
             **TabularPreprocessing.of(dataset, cfg.data.missing).to_info()}
+    if dataset.text_fields is not None:
+        info["text_fields"] = list(dataset.text_fields)  # new rows must bring these (input_columns)
     if cfg.eval.aggregation != "auto":
         info["aggregation"] = cfg.eval.aggregation
     return info
@@ -143,7 +153,16 @@ def prepare_task(cfg, run_dir: RunDir | Path, model_dir: Path | None = None) -> 
         scaler = build_scaler(cfg.numbers.scaler, cfg.numbers.scaler_margin).fit(y["train"])
         number_tokenizer = build_number_tokenizer(cfg.numbers)
         _encode_all(number_tokenizer, scaler, dataset, y)  # check before building the model
-        build_model_dir(model_dir, cfg.model, number_tokenizer, prompt_corpus(dataset, cfg.data))
+        if cfg.model.pretrained:
+            if cfg.data.input == "vector" and cfg.numbers.surface == "text":
+                raise ConfigError("data.input=vector with model.pretrained needs numbers.surface=atomic: the "
+                                  "feature encoder's soft tokens take the place of an added <feat> token")
+            adopt_pretrained(model_dir, cfg.model, number_tokenizer, cfg.numbers.surface)
+        else:
+            if cfg.numbers.surface != "atomic":
+                raise ConfigError("numbers.surface=text needs model.pretrained: a model built from scratch has "
+                                  "no digit tokens of its own to write numbers with")
+            build_model_dir(model_dir, cfg.model, number_tokenizer, prompt_corpus(dataset, cfg.data))
         if cfg.data.input == "vector":
             _build_encoder(cfg, dataset, Path(model_dir))
         write_json(Path(model_dir, ModelFiles.TASK), task_info(cfg, dataset, scaler))
@@ -166,7 +185,8 @@ def _build_encoder(cfg, dataset: Dataset, model_dir: Path) -> None:
     from rlreg.model.encoder import build_encoder, save_encoder_stats  # torch: only for vector input
 
     stats = fit_feature_stats(dataset)
-    build_encoder(model_dir, dataset.features.shape[1], cfg.model.hidden, cfg.model.soft_tokens,
+    hidden = read_json(model_dir / ModelFiles.HF_CONFIG)["hidden_size"]  # a pretrained model's own width
+    build_encoder(model_dir, dataset.features.shape[1], hidden, cfg.model.soft_tokens,
                   cfg.model.encoder_hidden, cfg.model.seed)
     save_encoder_stats(model_dir, stats.mean, stats.std)
 
@@ -176,7 +196,8 @@ def _model_inputs(checkpoint: Checkpoint, dataset: Dataset, splits: dict[str, np
     """(prompt ids, feature vectors or None) per split, as the model reads its rows: text prompts, or
     for vector input placeholder prompts plus features standardised with the encoder's train stats."""
     if data_cfg.input != "vector":
-        return {name: checkpoint.codec.encode(render_prompts(dataset, idx, data_cfg)) for name, idx in splits.items()}, None
+        return {name: checkpoint.codec.encode(render_prompts(dataset, idx, data_cfg), data_cfg.chat_template)
+                for name, idx in splits.items()}, None
     stats = checkpoint.feature_stats
     if stats is None:
         raise DataError(f"data.input=vector but {checkpoint.model_dir} has no feature encoder (it was built "
@@ -203,6 +224,10 @@ def _rows_dataset(checkpoint: Checkpoint, rows: Rows) -> Dataset:
     everything = Splits(train=np.arange(n), val=np.empty(0, np.int64), test=np.empty(0, np.int64))
     common = dict(name=f"{checkpoint.info.get('dataset', 'checkpoint')} (new rows)", y=np.zeros(n),
                   target_name=checkpoint.info.get("target", "y"), splits=everything, source=rows.label)
+    if checkpoint.text_fields is not None:
+        fmt = checkpoint.data_cfg.float_format  # numbers in JSONL rows are written as training wrote them
+        fields = {name: _texts(rows, name, fmt) for name in checkpoint.text_fields}
+        return Dataset(kind="text", features=None, feature_names=[], texts=None, text_fields=fields, **common)
     if checkpoint.kind == "text":
         return Dataset(kind="text", features=None, feature_names=[], texts=_texts(rows), **common)
     prep = checkpoint.preprocessing
@@ -212,11 +237,21 @@ def _rows_dataset(checkpoint: Checkpoint, rows: Rows) -> Dataset:
                    categorical_encoding=prep.encoding, **common)
 
 
-def _texts(rows: Rows) -> list[str]:
+def _texts(rows: Rows, column: str = TEXT_COLUMN, float_format: str | None = None) -> list[str]:
+    """One column of the rows as text. The one-text column (float_format None) must hold text. A jsonl
+    text field (float_format given) is read as the loader read it (field_text): strings as they are,
+    even "" (an empty response is a response), numbers written with float_format; null is missing."""
     out = []
     for row, where in zip(rows.values, rows.where):
-        value = row.get(TEXT_COLUMN)
-        if is_missing(value) or not isinstance(value, str):
-            raise DataError(f"{rows.label}, {where}, column {TEXT_COLUMN!r}: expected text, got {value!r}")
-        out.append(value)
+        value = row.get(column)
+        if float_format is None:
+            if is_missing(value) or not isinstance(value, str):
+                raise DataError(f"{rows.label}, {where}, column {column!r}: expected text, got {value!r}")
+            out.append(value)
+            continue
+        text = field_text(value, float_format, f"{rows.label}, {where}, column {column!r}")
+        if text is None:
+            raise DataError(f"{rows.label}, {where}, column {column!r}: missing value; the model needs every "
+                            f"text field")
+        out.append(text)
     return out

@@ -70,6 +70,11 @@ def check_sweep(cfg) -> None:
                           "(pip install optuna), or use tune.search=random")
     if not cfg.rl.enabled:
         raise ConfigError("rlreg tune runs RL trials: rl.enabled must be true")
+    if cfg.ray.colocate:
+        # A trial's actors live in the placement group Ray Tune reserves for it; colocation needs a
+        # group of its own (one GPU bundle per engine/rank pair), which Ray cannot nest inside it.
+        raise ConfigError("rlreg tune does not run colocated trials (ray.colocate: true): each trial needs its own GPUs "
+                          "for engines and learner ranks; set ray.colocate=false for the sweep")
 
 
 def trial_bundles(cfg) -> list[dict]:
@@ -81,7 +86,7 @@ def trial_bundles(cfg) -> list[dict]:
     actors: dict[str, float] = {"CPU": ray_cfg.rollout_cpus * workers + ray_cfg.reward_cpus * cfg.reward.workers
                                 + ray_cfg.learner_cpus * ranks}
     if gpu:
-        actors["GPU"] = float(workers + ranks)
+        actors["GPU"] = float(workers * ray_cfg.rollout_gpus + ranks * ray_cfg.learner_gpus)
     for resources, count in ((ray_cfg.rollout_resources, workers), (ray_cfg.learner_resources, ranks)):
         for name, amount in resources.items():
             actors[name] = actors.get(name, 0.0) + float(amount) * count

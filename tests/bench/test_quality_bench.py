@@ -94,3 +94,27 @@ def test_quality_rerun_reuses_stored_runs(small_run):
     assert "split 0:" not in again.stdout  # no (dataset, split) had anything left to train
     rerun = json.loads(output.read_text())
     assert [r["rmse"] for r in rerun["records"]] == [r["rmse"] for r in data["records"]]
+
+
+def test_quality_rl_left_to_do_without_the_ce_model_trains_ce_again(small_run):
+    """A sitting on another machine (or a clean clone) has the records but not runs/: an RL run still
+    to do must start from a CE model that exists, and the CE it reports must be that model."""
+    import shutil
+
+    from benchmarks.quality.runner import records_path
+
+    output, _, data = small_run
+    records = records_path(output)
+    dropped = ("uci:yacht", 0, "CE+ReMax")
+    kept = [line for line in records.read_text().splitlines()
+            if tuple(json.loads(line)["row"].get(k) for k in ("dataset", "split", "method")) != dropped]
+    records.write_text("\n".join(kept) + "\n")
+    shutil.rmtree(output.with_suffix("") / "uci_yacht" / "split0" / "CE")
+    again = _bench(output)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert "CE model not on this machine; training CE again" in again.stdout
+    rerun = {(r["dataset"], r["split"], r["method"]): r for r in json.loads(output.read_text())["records"]}
+    assert rerun[dropped]["error"] is None and rerun[("uci:yacht", 0, "CE")]["error"] is None
+    assert (output.with_suffix("") / "uci_yacht" / "split0" / "CE").is_dir()
+    before = {(r["dataset"], r["split"], r["method"]): r for r in data["records"]}
+    assert rerun[("sqlcard:scale", 0, "CE+ReMax")]["rmse"] == before[("sqlcard:scale", 0, "CE+ReMax")]["rmse"]

@@ -11,6 +11,7 @@ from scipy import stats
 from benchmarks.quality.stats import (aggregate_iqm, dataset_summary, format_tables, markdown_table,
                                       normalised_scores, plot_aggregate, plot_dataset_rmse,
                                       plot_sampling_curves, sampling_curve_summary)
+from rlreg.evaluate.calibration import METHOD as CALIBRATION_METHOD
 
 METHODS = ["Ridge", "HGB", "RegHead", "CE", "CE+NTL", "CE+ReMax", "CE+GRPO", "CE+GenRe2"]
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -290,7 +291,10 @@ def _synthetic_records(path, preset, n_splits_done):
             r = rec(ds, split, method, 2.0 - 0.1 * i + 0.05 * rng.random(), scale=4.0)
             r.update(error=None, wall_s=10.0, n_train=250)
             if method.startswith("CE"):
-                r.update(coverage90=0.5, width90=1.0, coverage90_calibrated=0.9, width90_calibrated=2.0)
+                r.update(coverage90=0.5, width90=1.0, coverage90_calibrated=0.9, width90_calibrated=2.0,
+                         calibration_method=CALIBRATION_METHOD)
+            if (split, method) == (1, "CE"):  # recorded before the calibration's offset: not averaged
+                r.update(coverage90_calibrated=0.2, width90_calibrated=900.0, calibration_method=None)
             if method in ("CE+ReMax", "CE+GRPO", "CE+GenRe2"):
                 r["diagnostics"] = {"every": 2, "val_rows": 8, "samples": 4,
                                     "steps": [{"step": s, "reward_mean": -1 + 0.1 * s, "advantage_std": 0.5,
@@ -327,6 +331,7 @@ def test_partial_records_become_an_incomplete_results_file(tmp_path, capsys):
     ds = preset["datasets"][0]["name"]
     assert data["summary"]["datasets"][ds]["methods"]["CE"]["n"] == 2
     assert data["coverage"][ds]["CE"]["coverage90_calibrated"] == pytest.approx(0.9)
+    assert data["coverage"][ds]["CE"]["n"] == 2 and data["coverage"][ds]["CE"]["n_calibrated"] == 1
     assert data["budget"][ds]["rl_epochs"] == pytest.approx(37 * 128 / 250)
     assert data["budget"][ds]["fraction_of_paper_100_epochs"] == pytest.approx(37 * 128 / 250 / 100)
     assert data["ce_search"][ds]["chosen"] == {"lr": 1e-3, "batch_size": 64}

@@ -60,6 +60,28 @@ def test_calibrated_width_is_near_the_oracle():
     assert np.mean(hi - lo) == pytest.approx(oracle.mean(), rel=0.1)
 
 
+def test_a_sampler_collapsed_on_rows_it_gets_wrong_keeps_a_useful_width():
+    """A sharpened sampler writes one number K times (σ̂ = 0) on some rows it still gets wrong. The
+    offset β keeps those rows from setting q; without it (offsets=(0,)) the interval is useless."""
+    def collapsed(n: int, seed: int):
+        samples, valid, y = synthetic(n, 0.4, seed)
+        rows = np.random.default_rng(seed + 100).random(n) < 0.3
+        samples[rows] = samples[rows, :1]
+        return samples, valid, y
+
+    val, test = collapsed(2000, 8), collapsed(5000, 9)
+    x = np.random.default_rng(9).uniform(-2, 2, 5000)  # synthetic()'s inputs for seed 9
+    oracle = 2 * 1.645 * np.mean(0.2 + 0.5 * np.abs(x))
+    cal = fit_calibration(*val, "mean")
+    got = interval_report(*test, cal)["0.1"]["calibrated"]
+    assert cal.offset > 0 and abs(got["coverage"] - 0.9) <= 0.05
+    assert got["width"] < 1.5 * oracle
+    spread_only = interval_report(*test, fit_calibration(*val, "mean", offsets=(0.0,)))["0.1"]["calibrated"]
+    assert spread_only["width"] > 50 * oracle  # what the offset prevents
+    with pytest.raises(ValueError, match="offsets"):
+        fit_calibration(*val, "mean", offsets=())
+
+
 def test_collapsed_rows_and_rows_without_samples():
     samples, valid, y = synthetic(400, 1.0, seed=5)
     samples[:50] = samples[:50, :1]  # every sample equal: no spread
@@ -88,6 +110,9 @@ def test_round_trip_through_json_and_thinning():
         assert again.quantile(alpha) == pytest.approx(cal.quantile(alpha), rel=1e-5)
     full = np.sort(np.asarray(cal.scores))
     assert cal.quantile(0.5) == pytest.approx(np.quantile(full, 0.5), rel=0.01)
+    # a calibration stored before the offset existed keeps its meaning: no offset
+    older = {k: v for k, v in cal.to_dict().items() if k != "offset"}
+    assert again.offset == cal.offset and Calibration.from_dict(older).offset == 0.0
 
 
 def test_too_few_rows_for_alpha_gives_an_infinite_interval():
@@ -115,7 +140,8 @@ def test_check_alphas_keeps_the_default_first():
 
 @pytest.mark.parametrize("change,key", [
     ({"scores": []}, "scores"), ({"scores": [1.0, float("inf")]}, "scores"), ({"n": 1}, "n"),
-    ({"aggregation": "mode"}, "aggregation"), ({"floor": 0}, "floor"), ({"floor": None}, "floor")])
+    ({"aggregation": "mode"}, "aggregation"), ({"floor": 0}, "floor"), ({"floor": None}, "floor"),
+    ({"offset": -1.0}, "offset"), ({"offset": float("inf")}, "offset")])
 def test_bad_stored_calibration_names_the_key(change, key):
     good = fit_calibration(*synthetic(20, 1.0, seed=10), "mean").to_dict()
     with pytest.raises(ConfigError, match=f"task.json: calibration.{key}"):

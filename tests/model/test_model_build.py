@@ -63,3 +63,14 @@ def test_vllm_greedy_is_deterministic(engine, tiny_task):
     a = engine.sample(prompts, tiny_task.allowed_hf, n=1, temperature=0.0)
     b = engine.sample(prompts, tiny_task.allowed_hf, n=1, temperature=0.0)
     assert np.array_equal(a.token_ids, b.token_ids)
+
+
+@pytest.mark.engine
+def test_samples_and_greedy_decode_in_one_engine_call(engine, tiny_task):
+    prompts = tiny_task.prompts["val"][:4]
+    greedy_alone = engine.sample(prompts, tiny_task.allowed_hf, n=1, temperature=0.0)
+    samples, greedy = engine.sample_draws(prompts, tiny_task.allowed_hf, [(5, 1.0), (1, 0.0)])
+    assert samples.token_ids.shape == (4, 5, len(tiny_task.allowed_hf)) and greedy.token_ids.shape[:2] == (4, 1)
+    # Each draw keeps its own settings and its rows' order: the greedy rows are the greedy decode.
+    assert np.array_equal(greedy.token_ids, greedy_alone.token_ids)
+    assert len({tuple(r) for r in samples.token_ids.reshape(-1, samples.token_ids.shape[-1])}) > 4

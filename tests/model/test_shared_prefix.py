@@ -2,6 +2,7 @@
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from rlreg.model.encoder import PolicyModel
 from rlreg.model.logprobs import answer_logits
 from rlreg.model.shared_prefix import answer_logits_shared, prompt_runs
 
@@ -10,11 +11,14 @@ def tiny_model():
     torch.manual_seed(0)
     cfg = LlamaConfig(vocab_size=40, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
                       num_attention_heads=2, num_key_value_heads=1, head_dim=32, max_position_embeddings=64)
-    return LlamaForCausalLM(cfg)
+    return PolicyModel(LlamaForCausalLM(cfg), None, None)
+
+
+NUMBER_IDS = torch.arange(10, 20)  # the completions' vocabulary
 
 
 def loss_and_grads(model, logits, completions):
-    loss = logits.log_softmax(-1).gather(-1, completions.unsqueeze(-1)).sum()
+    loss = logits.log_softmax(-1).gather(-1, (completions - 10).unsqueeze(-1)).sum()
     model.zero_grad()
     loss.backward()
     return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
@@ -32,9 +36,9 @@ def test_logits_and_gradients_equal_plain_forward():
     group = 4
     flat = [p for p in prompts for _ in range(group)]
     completions = torch.randint(10, 20, (len(flat), 5), generator=torch.Generator().manual_seed(1))
-    plain = answer_logits(model, flat, completions, pad_id=0)
+    plain = answer_logits(model, flat, completions, pad_id=0, number_token_ids=NUMBER_IDS)
     loss_a, grads_a = loss_and_grads(model, plain, completions)
-    shared = answer_logits_shared(model, flat, completions, pad_id=0)
+    shared = answer_logits_shared(model, flat, completions, pad_id=0, number_token_ids=NUMBER_IDS)
     loss_b, grads_b = loss_and_grads(model, shared, completions)
     assert torch.allclose(plain, shared, atol=1e-5)
     assert abs(loss_a - loss_b) < 1e-4
@@ -47,6 +51,6 @@ def test_answer_logits_switches_to_shared_only_when_prompts_repeat():
     model = tiny_model()
     completions = torch.randint(10, 20, (3, 2))
     distinct = [[1, 2, 3], [1, 4], [1, 5, 6]]
-    a = answer_logits(model, distinct, completions, 0, shared_prefix=True)
-    b = answer_logits(model, distinct, completions, 0, shared_prefix=False)
+    a = answer_logits(model, distinct, completions, 0, NUMBER_IDS, shared_prefix=True)
+    b = answer_logits(model, distinct, completions, 0, NUMBER_IDS, shared_prefix=False)
     assert torch.equal(a, b)  # nothing shared: the plain path runs

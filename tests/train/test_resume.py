@@ -160,15 +160,15 @@ def _weights(runner) -> dict[str, np.ndarray]:
 def _record(runner, monkeypatch) -> dict[str, list]:
     """Spy on what each step draws and trains on: data rows, rollouts, learner batches."""
     seen: dict[str, list] = {"rows": [], "tokens": [], "batches": [], "lr": []}
-    cursor_next, sample, call = runner.cursor.next, runner.rollout.sample, runner.learner.call
+    cursor_next, sample, call = runner.cursor.next, runner.rollout.sample_draws, runner.learner.call
 
     def next_rows():
         seen["rows"].append(cursor_next())
         return seen["rows"][-1]
 
     def sampled(*args, **kwargs):
-        out = sample(*args, **kwargs)
-        seen["tokens"].append(out.token_ids)
+        out = sample(*args, **kwargs)  # one Samples per draw: the step's G samples come first
+        seen["tokens"].append(out[0].token_ids)
         return out
 
     def called(method, *args, **kwargs):
@@ -179,7 +179,7 @@ def _record(runner, monkeypatch) -> dict[str, list]:
         return results
 
     monkeypatch.setattr(runner.cursor, "next", next_rows)
-    monkeypatch.setattr(runner.rollout, "sample", sampled)
+    monkeypatch.setattr(runner.rollout, "sample_draws", sampled)
     monkeypatch.setattr(runner.learner, "call", called)
     return seen
 
@@ -238,6 +238,7 @@ def test_resume_is_exact_learner_state_cursor_and_rollouts(tiny_task, tiny_cfg, 
     finally:
         runner.shutdown()
     assert all(np.array_equal(a, b) for a, b in zip(first["rows"], second["rows"]))  # same data, same order
+    assert len(first["tokens"]) == len(second["tokens"]) == 2  # the spy saw both steps' rollouts
     token_diff = float(np.mean([np.mean(a != b) for a, b in zip(first["tokens"], second["tokens"])]))
     weight_diff = _max_diff(resumed, uninterrupted)
     # Were the rollouts to differ, each run moves a weight by at most lr_t * (1-b1)/sqrt(1-b2) per

@@ -1,6 +1,6 @@
 """End to end on the real stack: Ray actors, vLLM rollout engine (its engine core in its own process,
-as on GPU), DeepSpeed learner ranks (W=2, gloo), reward actors (M=2). After every weight sync the
-engine's logprobs equal the learner's."""
+as on GPU), DeepSpeed learner ranks (W=2, gloo), reward actors (M=2), weights synced over a process
+group (the GPU default route). After every weight sync the engine's logprobs equal the learner's."""
 import dataclasses
 
 import numpy as np
@@ -12,7 +12,9 @@ from rlreg.config import load_config
 pytestmark = pytest.mark.engine
 
 RL = ["learner.world_size=2", "learner.zero_stage=2", "reward.workers=2", "rl.rollout_workers=1",
-      "rl.batch_size=4", "rl.group_size=4", "rl.lr=0.003", "rl.advantage=remax", "ray.actor_start_timeout_s=600"]
+      "rl.batch_size=4", "rl.group_size=4", "rl.lr=0.003", "rl.advantage=remax", "ray.actor_start_timeout_s=600",
+      # Small buckets: the tiny model's weights go in several broadcasts, as a large model's do.
+      "sync.route=collective", "sync.bucket_mb=0.05"]
 
 
 @pytest.fixture(scope="module")
@@ -39,6 +41,13 @@ def _engine_vs_learner(runner, tiny_task, temperature=1.0):
                          tokens=np.asarray([tiny_task.codec.to_number_ids(r) for r in flat]))
     learner = np.concatenate(runner.learner.call("token_logprobs", temperature, batch=batch))
     return samples.logprobs.reshape(learner.shape), learner
+
+
+def test_weights_travel_by_process_group_in_buckets(runner):
+    assert runner.weights.route == "collective"
+    runner.sync()
+    last = runner.weights.last
+    assert last["sync_buckets"] > 1 and last["sync_bytes"] > 0
 
 
 def test_the_engine_core_runs_in_its_own_process(runner):

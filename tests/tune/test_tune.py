@@ -5,16 +5,11 @@ from __future__ import annotations
 import csv
 import importlib.util
 import json
-import os
-import shutil
-import subprocess
-import sys
-import tempfile
-from pathlib import Path
 
 import pytest
 import yaml
 
+from conftest import run_tune
 from rlreg.config import load_config
 from rlreg.errors import ConfigError
 from rlreg.tune.sweep import check_fits, check_sweep, trial_bundles
@@ -110,18 +105,11 @@ def test_tune_two_trials_end_to_end(tmp_path):
     config.write_text(yaml.safe_dump({"tune": {"scheduler": "asha", "grace_period": 2, "space": {
         "reward.fn": {"grid": ["neg_mse", "neg_abs"]}, "rl.group_size": {"choice": [4]}}}}))
     run_dir = tmp_path / "sweep"
-    temp_root = Path(tempfile.mkdtemp(prefix="rlreg-tt-"))
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    env.update(RAY_TMPDIR=str(temp_root), RAY_USAGE_STATS_ENABLED="0")
     args = [*TINY, "sft.steps=10", "sft.eval_every=5", "rl.steps=4", "rl.eval_every=2", "rl.batch_size=4",
             "rl.eval_samples=4", "reward.workers=1", "eval.samples=4", "eval.n_boot=50", "eval.plots=false",
             "ray.num_cpus=2", "ray.rollout_cpus=0.4", "ray.learner_cpus=0.4", "ray.torch_threads=1",
             "tune.max_concurrent=2", f"run_dir={run_dir}"]  # 1 CPU per trial: both trials run at once
-    try:
-        proc = subprocess.run([sys.executable, "-m", "rlreg", "tune", str(config), *args], env=env,
-                              capture_output=True, text=True, timeout=420)
-    finally:
-        shutil.rmtree(temp_root, ignore_errors=True)
+    proc = run_tune(config, args, timeout_s=420)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "every trial starts RL from" in proc.stdout and "tune results (2 trials" in proc.stdout
     rows = list(csv.DictReader((run_dir / "results.csv").open()))
