@@ -199,12 +199,16 @@ def test_zero3_with_a_partitioned_head_equals_one_plain_rank(ray_session, tiny_c
     assert got["stats"]["grad_norm"] == pytest.approx(want["stats"]["grad_norm"], rel=1e-4)
     from safetensors.numpy import load_file
 
-    start = load_file(str(task.model_dir / ModelFiles.WEIGHTS))["lm_head.weight"]
+    start_weights = load_file(str(task.model_dir / ModelFiles.WEIGHTS))
     number_rows = np.asarray(task.checkpoint.meta.number_token_ids)
-    assert np.abs(want["weights"]["lm_head.weight"] - start)[number_rows].max() > 5e-4  # the step moved them
-    # Adam's first step moves each weight by about lr·sign(gradient), so a weight whose gradient was
-    # lost or wrong would be ~lr = 1e-3 off; gradients near 0 (|g| ~ eps) amplify reduction-order
-    # noise to ~5e-5 here, hence lr/10.
-    diff = {k: float(np.abs(got["weights"][k] - want["weights"][k]).max()) for k in want["weights"]}
-    worst = max(diff, key=diff.get)
-    assert diff[worst] < 1e-4, f"{worst} differs by {diff[worst]:g}"
+    head_move = np.abs(want["weights"]["lm_head.weight"] - start_weights["lm_head.weight"])
+    assert head_move[number_rows].max() > 5e-4  # the step moved them
+    # Adam's first step moves each weight by about lr·sign(gradient), so a parameter whose gradient
+    # was lost or wrong is off by about as much as the step moved it. A gradient near 0 (|g| ~ eps)
+    # turns reduction-order noise into an isolated element off by up to lr (1.6e-4 seen, one element
+    # in 262,144), so the bound is on the mean difference, relative to the parameter's mean move
+    # (ratios seen: 1e-6 and below; the LM head's mean move is small, 4e-6, as only number rows move).
+    ratio = {k: float(np.abs(got["weights"][k] - want["weights"][k]).mean()
+                      / np.abs(want["weights"][k] - start_weights[k]).mean()) for k in want["weights"]}
+    worst = max(ratio, key=ratio.get)
+    assert ratio[worst] < 1e-3, f"{worst}: off by {ratio[worst]:g} of its move on average"
