@@ -45,6 +45,9 @@ def test_a_runner_whose_learner_cannot_start_frees_what_it_started(tiny_task, ti
     def free_cpus() -> float:
         return ray.available_resources().get("CPU", 0.0)
 
+    total, deadline = ray.cluster_resources().get("CPU", 0.0), time.monotonic() + 60
+    while free_cpus() < total and time.monotonic() < deadline:  # an earlier test's actors still ending
+        time.sleep(0.5)
     before = free_cpus()
     # LoRA under ZeRO-3 is refused by the learner group, after the engines and rewards started.
     cfg = dataclasses.replace(tiny_cfg, learner=dataclasses.replace(tiny_cfg.learner, zero_stage=3),
@@ -56,4 +59,7 @@ def test_a_runner_whose_learner_cannot_start_frees_what_it_started(tiny_task, ti
     deadline = time.monotonic() + 60  # Ray's resource view refreshes asynchronously
     while free_cpus() < before and time.monotonic() < deadline:
         time.sleep(0.5)
-    assert free_cpus() == pytest.approx(before), failed.value
+    # At least as many as before: if an earlier test's actors outlived the wait above, they may free
+    # theirs meanwhile (seen once without that wait: 1.2 free before, 1.3 after); a runner left holding
+    # its engines keeps the count below (1.3 of 2 without the clean-up).
+    assert free_cpus() >= before - 1e-6, failed.value
