@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Iterator
 
 from benchmarks.checkpoints import bpe_tokenizer, write_checkpoint
-from benchmarks.common import RESULTS_DIR, BenchArgs, load_average, print_table, result, write_result
+from benchmarks.common import RESULTS_DIR, BenchArgs, load_average, machine_info, print_table, result, write_result
 
 NAME = "pretrained"
 REQUIRES: tuple[str, ...] = ("trl", "datasets")
@@ -266,6 +266,8 @@ def run(args: BenchArgs) -> dict:
                 records[measure] = measure_step(checkpoint, measure.split("/")[1], args, where)
             else:
                 records[measure] = measure_answer_logits(checkpoint, args, where)
+            # A resumed run may sit on another machine: each record says which CPU it was measured on.
+            records[measure]["machine"] = machine_info()["cpu_model"]
             shutil.rmtree(where, ignore_errors=True)
             write_result(_result(records, measures, args, load_before), path, False)  # kept if the run stops
     finally:
@@ -278,15 +280,17 @@ def _result(records: dict, measures, args: BenchArgs, load_before, table: bool =
 
     steps = {k: r for k, r in records.items() if k.startswith("step/")}
     logits = records.get("answer_logits")
-    medians: dict = {k: {key: r[key] for key in ("dtype", "params", "seconds_per_step", "phases", "ratio",
-                                                  "trl_threads", "rlreg_threads", "learner_bf16", "batch_inputs",
-                                                  "group_size", "timed_steps", "load_average")}
+    medians: dict = {k: {**{key: r[key] for key in ("dtype", "params", "seconds_per_step", "phases", "ratio",
+                                                     "trl_threads", "rlreg_threads", "learner_bf16", "batch_inputs",
+                                                     "group_size", "timed_steps", "load_average")},
+                         "machine": r.get("machine", "not recorded")}
                      for k, r in steps.items()}
     raw: dict = {k: r["raw"] for k, r in steps.items()}
     ratios = {k: r["ratio"] for k, r in steps.items()}
     if logits is not None:
         medians["answer_logits"] = {**logits["medians"], "params": logits["params"],
-                                    "load_average": logits["load_average"]}
+                                    "load_average": logits["load_average"],
+                                    "machine": logits.get("machine", "not recorded")}
         raw["answer_logits"] = logits["raw"]
         for forward in ("plain", "shared_prefix"):
             ratios[f"answer_logits/{forward}/peak"] = logits["medians"][forward]["peak_ratio"]
