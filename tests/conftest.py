@@ -80,6 +80,16 @@ def pytest_collection_modifyitems(config, items):
                                 "fixture): " + ", ".join(unmarked))
 
 
+def tiny_runner(tiny_task, tiny_cfg, overrides: list[str], run_dir: Path):
+    """An RLRunner on the session's tiny task: `overrides` for the RL settings, the task's own data,
+    numbers, model and engine settings."""
+    from rlreg.train.rl import RLRunner
+
+    cfg = load_config(None, overrides)
+    cfg.data, cfg.numbers, cfg.model, cfg.engine = tiny_cfg.data, tiny_cfg.numbers, tiny_cfg.model, tiny_cfg.engine
+    return RLRunner(cfg, tiny_task, tiny_task.model_dir, run_dir)
+
+
 def run_tune(config: Path, args: list[str], timeout_s: float):
     """`rlreg tune config args` in a subprocess with its own local Ray session (apart from the
     suite's: no RAY_ADDRESS, its own temp dir, removed after)."""

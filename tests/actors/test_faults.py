@@ -12,6 +12,7 @@ import time
 
 import numpy as np
 import pytest
+from conftest import tiny_runner
 
 from rlreg.algos.experience import LearnerBatch
 from rlreg.config import load_config
@@ -25,11 +26,7 @@ RL = ["learner.world_size=1", "reward.workers=1", "rl.rollout_workers=1", "rl.ba
 
 @pytest.fixture(scope="module")
 def runner(tiny_task, tiny_cfg, ray_session, tmp_path_factory):
-    from rlreg.train.rl import RLRunner
-
-    cfg = load_config(None, RL)
-    cfg.data, cfg.numbers, cfg.model, cfg.engine = tiny_cfg.data, tiny_cfg.numbers, tiny_cfg.model, tiny_cfg.engine
-    r = RLRunner(cfg, tiny_task, tiny_task.model_dir, tmp_path_factory.mktemp("faults_run"))
+    r = tiny_runner(tiny_task, tiny_cfg, RL, tmp_path_factory.mktemp("faults_run"))
     yield r
     r.shutdown()
 

@@ -13,6 +13,7 @@ import time
 import numpy as np
 import pytest
 from parity import engine_learner_gap
+from conftest import tiny_runner
 
 from rlreg.algos.experience import LearnerBatch
 from rlreg.config import load_config
@@ -26,11 +27,7 @@ RL = ["learner.world_size=1", "reward.workers=1", "rl.rollout_workers=1", "rl.ba
 
 @pytest.fixture(scope="module")
 def runner(tiny_task, tiny_cfg, ray_session, tmp_path_factory):
-    from rlreg.train.rl import RLRunner
-
-    cfg = load_config(None, RL)
-    cfg.data, cfg.numbers, cfg.model, cfg.engine = tiny_cfg.data, tiny_cfg.numbers, tiny_cfg.model, tiny_cfg.engine
-    r = RLRunner(cfg, tiny_task, tiny_task.model_dir, tmp_path_factory.mktemp("sync_run"))
+    r = tiny_runner(tiny_task, tiny_cfg, RL, tmp_path_factory.mktemp("sync_run"))
     yield r
     r.shutdown()
 

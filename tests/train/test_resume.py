@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import tiny_runner
 
-from rlreg.config import load_config
 
 pytestmark = pytest.mark.engine
 
@@ -203,11 +203,7 @@ def test_resume_is_exact_learner_state_cursor_and_rollouts(tiny_task, tiny_cfg, 
     Measured without the sampler-RNG restore (engine seeded at start only): after 4 re-done steps
     42% of rollout tokens differed and the weights max 0.0185 apart (relative L2 6.3%), inside the
     Adam bound below (0.075 for those 4 steps)."""
-    from rlreg.train.rl import RLRunner
-
-    cfg = load_config(None, RL)
-    cfg.data, cfg.numbers, cfg.model, cfg.engine = tiny_cfg.data, tiny_cfg.numbers, tiny_cfg.model, tiny_cfg.engine
-    runner = RLRunner(cfg, tiny_task, tiny_task.model_dir, tmp_path)
+    runner = tiny_runner(tiny_task, tiny_cfg, RL, tmp_path)
     try:
         runner.step()
         runner.step()
